@@ -1,0 +1,68 @@
+"""The contract between the request pipeline and cost control (ledger, budgets, cutoff).
+
+The pipeline asks ``admit`` before it spends money and calls ``settle`` exactly once for every
+admitted call when it ends, however it ends (success, upstream failure, client abort), with the
+usage seen so far. The implementation lives in ``cost/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+from .internal import Request, Usage
+
+
+@dataclass
+class Reservation:
+    """Worst-case cost held against the budget while a cloud call is in flight."""
+
+    id: int
+    amount_usd: Decimal
+    client: str
+
+
+@dataclass
+class Admission:
+    allowed: bool
+    reason: str = ""
+    reservation: Reservation | None = None
+    # "cutoff" (emergency cutoff engaged), "budget" (daily budget spent), "client_budget", "" if allowed
+    refusal: str = ""
+
+
+@dataclass
+class RequestRecord:
+    """One served (or failed) call, as the ledger stores it."""
+
+    ts: float  # unix time the request arrived
+    client: str
+    rule: str
+    target: str
+    backend: str
+    model: str
+    protocol: str  # "anthropic", "openai" or "mcp"
+    stream: bool
+    cloud: bool
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: Decimal = Decimal(0)
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    status: str = "ok"  # "ok", "error", "aborted", "refused"
+    http_status: int = 200
+    fallback: bool = False  # answered by a fallback target, not the first choice
+    downgraded: bool = False  # the rule chose the cloud but budget sent it to a local target
+    task: str = ""
+    complexity: int = 0
+    error: str = ""
+    energy_j: float | None = None  # GPU energy used while serving (local targets, NVML counter)
+
+
+class Accounting(Protocol):
+    def rule_count_today(self, rule: str) -> int: ...
+
+    async def admit(self, *, target: str, model: str, client: str, request: Request,
+                    input_tokens: int) -> Admission: ...
+
+    async def settle(self, reservation: Reservation | None, record: RequestRecord) -> None: ...

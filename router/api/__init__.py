@@ -1,0 +1,1 @@
+"""Inbound protocol adapters: translate a wire protocol to and from the internal shape."""

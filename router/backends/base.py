@@ -1,0 +1,90 @@
+"""What every backend adapter provides, and the failures that make the router try a fallback."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+
+import httpx
+
+from ..config import BackendConfig, TargetConfig
+from ..errors import UpstreamStatusError
+from ..internal import CallContext, Message, Request, StreamEvent
+
+
+class BackendUnavailable(Exception):
+    """Connection refused, timeout or a 5xx: the next target in the fallback chain should try.
+
+    Raised only before the first byte of a response reaches the client; after that the client
+    has seen part of an answer and falling back would splice two answers together.
+    """
+
+    def __init__(self, backend: str, reason: str, status: int | None = None):
+        super().__init__(f"backend {backend!r} unavailable: {reason}")
+        self.backend = backend
+        self.reason = reason
+        self.status = status
+
+
+class Backend(ABC):
+    """One upstream server. ``complete`` and ``stream`` take the internal request with ``model``
+    already set to the target's model, and speak the internal shape (see internal.py)."""
+
+    def __init__(self, name: str, config: BackendConfig):
+        self.name = name
+        self.config = config
+        self.client = httpx.AsyncClient(
+            base_url=config.base_url.rstrip("/"),
+            timeout=httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s),
+            # Many parallel Claude Code sessions share one router; don't queue behind a tiny pool.
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            trust_env=False,  # a proxy from the environment must not capture loopback backends
+        )
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
+
+    @abstractmethod
+    async def complete(self, request: Request, target: TargetConfig, ctx: CallContext) -> Message:
+        """Send a non-streaming request; return an Anthropic ``message`` object."""
+
+    @abstractmethod
+    def stream(self, request: Request, target: TargetConfig, ctx: CallContext) -> AsyncIterator[StreamEvent]:
+        """Send a streaming request; yield Anthropic stream events.
+
+        Must raise BackendUnavailable (not yield) if the upstream cannot be reached or answers 5xx,
+        so the caller can fall back before anything reached the client.
+        """
+
+    async def count_tokens(self, request: Request, ctx: CallContext) -> int | None:
+        """Exact input token count from the upstream, or None when it has no such endpoint."""
+        return None
+
+    @abstractmethod
+    async def health(self) -> tuple[bool, str]:
+        """(reachable, detail) for the readiness endpoint; must not spend money."""
+
+    async def list_models(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def raise_for_upstream(backend: str, response: httpx.Response) -> None:
+    """5xx -> BackendUnavailable (fall back); 4xx -> UpstreamStatusError (the client's problem)."""
+    if response.status_code < 400:
+        return
+    body = await response.aread()
+    if response.status_code >= 500:
+        raise BackendUnavailable(backend, f"HTTP {response.status_code}", response.status_code)
+    text = body.decode("utf-8", "replace")[:2000]
+    headers = {k: v for k, v in response.headers.items() if k.lower() in ("retry-after", "x-should-retry")}
+    raise UpstreamStatusError(response.status_code, f"backend {backend!r} answered HTTP "
+                              f"{response.status_code}: {text}", body=body, headers=headers)
+
+
+def connection_failure(backend: str, exc: httpx.HTTPError) -> BackendUnavailable:
+    kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection failed"
+    return BackendUnavailable(backend, f"{kind}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,82 @@
+"""Errors as types: each maps to one HTTP status and one error type in either wire protocol."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """The config file is invalid; the message names the file and the key path."""
+
+
+class RouterError(Exception):
+    """An error returned to the client in its own protocol's error shape."""
+
+    status = 500
+    anthropic_type = "api_error"
+    openai_type = "server_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class AuthenticationError(RouterError):
+    status = 401
+    anthropic_type = "authentication_error"
+    openai_type = "invalid_api_key"
+
+
+class InvalidRequestError(RouterError):
+    status = 400
+    anthropic_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+
+
+class NotFoundError(RouterError):
+    status = 404
+    anthropic_type = "not_found_error"
+    openai_type = "not_found"
+
+
+class BudgetExhaustedError(RouterError):
+    """The cloud is cut off or the budget is spent and there is no local fallback.
+
+    Sent as 400 with ``x-should-retry: false``: Claude Code and the SDKs retry 429 and 5xx,
+    and retrying cannot help until the day rolls over or an operator releases the cutoff.
+    """
+
+    status = 400
+    anthropic_type = "invalid_request_error"
+    openai_type = "insufficient_quota"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message, headers={"x-should-retry": "false", **(headers or {})})
+
+
+class UpstreamError(RouterError):
+    """A backend failed (connection refused, timeout, 5xx) and no fallback could answer."""
+
+    status = 502
+    anthropic_type = "api_error"
+    openai_type = "server_error"
+
+
+class UpstreamStatusError(RouterError):
+    """A backend answered with an HTTP error that is the client's to see (4xx), passed on as-is."""
+
+    def __init__(self, status: int, message: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message, headers=headers)
+        self.status = status
+        self.body = body
+        if status == 401 or status == 403:
+            self.anthropic_type = "authentication_error" if status == 401 else "permission_error"
+        elif status == 404:
+            self.anthropic_type = "not_found_error"
+        elif status == 429:
+            self.anthropic_type = "rate_limit_error"
+        elif status == 529:
+            self.anthropic_type = "overloaded_error"
+        elif 400 <= status < 500:
+            self.anthropic_type = "invalid_request_error"
+        self.openai_type = self.anthropic_type

@@ -1,0 +1,125 @@
+"""The one request/response shape that sits between the protocol adapters and the backends.
+
+The internal shape *is* the Anthropic Messages API shape, held as plain dicts:
+
+* a request is a Messages request body (``model``, ``messages``, ``system``, ``tools``, ...);
+  unknown fields are kept, so the Anthropic backend forwards them untouched;
+* a complete response is a Messages ``message`` object;
+* a streamed response is the sequence of Messages stream events (``message_start``,
+  ``content_block_start``, ``content_block_delta``, ``content_block_stop``, ``message_delta``,
+  ``message_stop``), each a dict with a ``type`` key.
+
+Why this shape: Claude Code, the most demanding client, and the paid backend both speak it, so
+the common path (Anthropic in, Anthropic or local out) translates at most once, and nothing the
+cloud API adds later is lost in a lossy middle format. ``api/openai.py`` translates OpenAI Chat
+Completions into it; ``backends/openai.py`` and ``backends/ollama.py`` translate it outward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Request = dict[str, Any]
+Message = dict[str, Any]
+StreamEvent = dict[str, Any]
+
+STOP_REASONS = ("end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal")
+
+
+@dataclass
+class Usage:
+    """Token usage of one request, in Anthropic's terms."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0  # 5-minute cache writes (and the total when no split is given)
+    cache_creation_1h_input_tokens: int = 0  # 1-hour cache writes
+    cache_read_input_tokens: int = 0
+    estimated: bool = False  # True when the backend reported nothing and the router counted
+
+    def update_from(self, usage: dict[str, Any] | None) -> None:
+        """Merge a usage object from a message or message_delta (later values are cumulative)."""
+        if not usage:
+            return
+        for key in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
+            value = usage.get(key)
+            if isinstance(value, int):
+                setattr(self, key, value)
+        creation = usage.get("cache_creation")
+        if isinstance(creation, dict):
+            self.cache_creation_input_tokens = int(creation.get("ephemeral_5m_input_tokens") or 0)
+            self.cache_creation_1h_input_tokens = int(creation.get("ephemeral_1h_input_tokens") or 0)
+        elif isinstance(usage.get("cache_creation_input_tokens"), int):
+            self.cache_creation_input_tokens = usage["cache_creation_input_tokens"]
+            self.cache_creation_1h_input_tokens = 0
+
+    def as_anthropic(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens + self.cache_creation_1h_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+        }
+
+
+@dataclass
+class CallContext:
+    """What travels with one call to a backend besides the body."""
+
+    # Headers forwarded to the Anthropic backend (anthropic-version, anthropic-beta); never client keys.
+    forward_headers: dict[str, str] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    upstream_request_id: str | None = None
+
+
+def observe_event(usage: Usage, event: StreamEvent) -> None:
+    """Track usage as a stream passes by, so an aborted stream is still accounted for."""
+    etype = event.get("type")
+    if etype == "message_start":
+        usage.update_from(event.get("message", {}).get("usage"))
+    elif etype == "message_delta":
+        usage.update_from(event.get("usage"))
+
+
+def message_to_events(message: Message) -> list[StreamEvent]:
+    """Turn a complete message into the stream events that would have produced it."""
+    start = {k: v for k, v in message.items() if k != "content"}
+    start["content"] = []
+    start["stop_reason"] = None
+    start["stop_sequence"] = None
+    usage = dict(message.get("usage") or {})
+    start["usage"] = {**usage, "output_tokens": min(usage.get("output_tokens", 0), 1)}
+    events: list[StreamEvent] = [{"type": "message_start", "message": start}]
+    for index, block in enumerate(message.get("content") or []):
+        btype = block.get("type")
+        if btype == "text":
+            events.append({"type": "content_block_start", "index": index,
+                           "content_block": {"type": "text", "text": ""}})
+            events.append({"type": "content_block_delta", "index": index,
+                           "delta": {"type": "text_delta", "text": block.get("text", "")}})
+        elif btype == "tool_use":
+            import json
+
+            events.append({"type": "content_block_start", "index": index,
+                           "content_block": {**block, "input": {}}})
+            events.append({"type": "content_block_delta", "index": index,
+                           "delta": {"type": "input_json_delta",
+                                     "partial_json": json.dumps(block.get("input") or {})}})
+        elif btype == "thinking":
+            events.append({"type": "content_block_start", "index": index,
+                           "content_block": {"type": "thinking", "thinking": ""}})
+            events.append({"type": "content_block_delta", "index": index,
+                           "delta": {"type": "thinking_delta", "thinking": block.get("thinking", "")}})
+            if block.get("signature"):
+                events.append({"type": "content_block_delta", "index": index,
+                               "delta": {"type": "signature_delta", "signature": block["signature"]}})
+        else:
+            events.append({"type": "content_block_start", "index": index, "content_block": block})
+        events.append({"type": "content_block_stop", "index": index})
+    events.append({"type": "message_delta",
+                   "delta": {"stop_reason": message.get("stop_reason"),
+                             "stop_sequence": message.get("stop_sequence")},
+                   "usage": {"output_tokens": usage.get("output_tokens", 0)}})
+    events.append({"type": "message_stop"})
+    return events

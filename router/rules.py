@@ -1,0 +1,106 @@
+"""Which target answers: ordered rules whose conditions are sandboxed Jinja2 expressions.
+
+A rule's ``when`` is compiled once with Jinja2's sandboxed expression compiler (no attribute
+access to internals, no imports, no side effects) and evaluated against the request's features.
+Unknown names are errors, caught at ``config check`` time, not silently false.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+from .config import RouterConfig, RuleConfig
+from .features import Features
+
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+# A representative feature set used to validate expressions (names and types) at config load.
+_SAMPLE = Features(model="claude-sonnet-4-5", model_class="sonnet", gpu={
+    "gpu_available": 0.0, "gpu_memory_used_fraction": 0.0, "gpu_utilization": 0.0,
+    "gpu_temperature_c": 0.0, "gpu_power_w": 0.0,
+}).as_namespace()
+
+
+def compile_expression(expr: str) -> Callable[..., Any]:
+    return _ENV.compile_expression(expr, undefined_to_none=False)
+
+
+def expression_error(expr: str) -> str | None:
+    """Why *expr* is not a usable rule condition, or None if it is."""
+    try:
+        fn = compile_expression(expr)
+    except TemplateSyntaxError as e:
+        return f"invalid expression {expr!r}: {e.message}"
+    try:
+        fn(**_SAMPLE)
+    except UndefinedError as e:
+        return f"unknown name in {expr!r}: {e.message}; known features: {', '.join(sorted(_SAMPLE))}"
+    except SecurityError as e:
+        return f"expression {expr!r} is not allowed: {e}"
+    except Exception as e:  # type errors such as comparing str and int
+        return f"expression {expr!r} fails on a sample request: {type(e).__name__}: {e}"
+    return None
+
+
+@dataclass
+class RuleTrace:
+    rule: str
+    matched: bool
+    note: str = ""
+
+
+@dataclass
+class RouteDecision:
+    target: str
+    rule: str  # the rule that matched, "override", "alias:<glob>" or "default"
+    reason: str
+    trace: list[RuleTrace] = field(default_factory=list)
+
+
+class RuleEngine:
+    """Evaluates ordered rules; ``count_today(rule)`` says how many requests a rule sent today."""
+
+    def __init__(self, config: RouterConfig, count_today: Callable[[str], int]):
+        self.config = config
+        self._count_today = count_today
+        self._compiled: list[tuple[RuleConfig, Callable[..., Any]]] = [
+            (rule, compile_expression(rule.when)) for rule in config.rules
+        ]
+
+    def decide(self, features: Features) -> RouteDecision:
+        cfg = self.config
+        trace: list[RuleTrace] = []
+        if features.override != "none":
+            if features.override in cfg.targets:
+                return RouteDecision(features.override, "override",
+                                     f"client asked for target {features.override!r} in {cfg.override_header}",
+                                     trace)
+            trace.append(RuleTrace("override", False,
+                                   f"unknown target {features.override!r} in {cfg.override_header}; ignored"))
+        namespace = features.as_namespace()
+        for rule, condition in self._compiled:
+            try:
+                matched = bool(condition(**namespace))
+            except Exception as e:  # a rule must never take the router down; treat as not matching
+                trace.append(RuleTrace(rule.name, False, f"error evaluating: {type(e).__name__}: {e}"))
+                continue
+            if not matched:
+                trace.append(RuleTrace(rule.name, False, f"condition false: {rule.when}"))
+                continue
+            if rule.daily_limit is not None:
+                used = self._count_today(rule.name)
+                if used >= rule.daily_limit:
+                    trace.append(RuleTrace(rule.name, False,
+                                           f"condition true but daily_limit reached ({used}/{rule.daily_limit})"))
+                    continue
+            trace.append(RuleTrace(rule.name, True, f"condition true: {rule.when}"))
+            return RouteDecision(rule.target, rule.name, f"rule {rule.name!r}: {rule.when}", trace)
+        if features.alias != "none":
+            return RouteDecision(features.alias, f"alias:{features.model}",
+                                 f"no rule matched; aliases map {features.model!r} to {features.alias!r}", trace)
+        return RouteDecision(cfg.default_target, "default", "no rule matched; default_target", trace)
