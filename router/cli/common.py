@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from importlib import resources
+from pathlib import Path
 
 import click
 
@@ -11,7 +11,8 @@ from ..errors import ConfigError
 
 
 def default_config_path() -> str:
-    return str(resources.files("aibox_router") / "defaults" / "config.yml")
+    # Shipped as package data beside the code (works for wheels and editable installs alike).
+    return str(Path(__file__).resolve().parent.parent / "defaults" / "config.yml")
 
 
 def load_or_exit(path: str | None) -> RouterConfig:

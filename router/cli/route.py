@@ -1,0 +1,71 @@
+"""``aibox-router route explain``: show how a request would be routed, without sending it."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import config_option
+from .common import load_or_exit
+
+
+@click.group()
+def route() -> None:
+    """Inspect routing decisions."""
+
+
+@route.command("explain")
+@config_option
+@click.argument("request_file", type=click.File("rb"), default="-")
+@click.option("--protocol", type=click.Choice(["anthropic", "openai"]), default="anthropic",
+              help="Wire format of the request body.")
+@click.option("--client", default="anonymous", help="Client name to evaluate rules for.")
+@click.option("--override", default=None, help="Target named in the override header, if any.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def explain(config_path: str | None, request_file, protocol: str, client: str, override: str | None,
+            as_json: bool) -> None:
+    """Read a request body from REQUEST_FILE (or stdin) and print which rule matches, why, and which
+    backend and model would answer. Nothing is sent to any backend and nothing is recorded."""
+    from .. import pipeline
+    from ..api import anthropic as anthropic_api
+    from ..api import openai as openai_api
+    from ..errors import RouterError
+    from ..rules import RuleEngine
+
+    config = load_or_exit(config_path)
+    body = request_file.read()
+    try:
+        internal = anthropic_api.parse_request(body) if protocol == "anthropic" else openai_api.parse_request(body)[0]
+    except RouterError as e:
+        raise click.ClickException(f"invalid request body: {e.message}") from None
+    runtime = _DryRuntime(config, RuleEngine(config, lambda rule: 0))
+    plan = pipeline.plan_request(runtime, internal, client=client, protocol=protocol, body_size=len(body),
+                                 override=override)
+    result = pipeline.explain(plan, runtime)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    f = result["features"]
+    click.echo(f"request: model={f['model']} task={f['task']} complexity={f['complexity']} "
+               f"input_tokens~{f['input_tokens']} tools={f['tool_count']} thinking={f['has_thinking']}")
+    for r in result["rules"]:
+        click.echo(f"  {'MATCH' if r['matched'] else 'skip '} {r['rule']}: {r['note']}")
+    d = result["decision"]
+    click.echo(f"decision: {d['reason']}")
+    for i, step in enumerate(result["chain"]):
+        label = "answers" if i == 0 else f"fallback {i}"
+        cloud = " (cloud, budget permitting)" if step["cloud"] else ""
+        click.echo(f"  {label}: target {step['target']} -> backend {step['backend']} model {step['model']}{cloud}")
+    click.echo("note: daily_limit counts are not read in a dry run (assumed 0 used today)", err=True)
+    sys.stdout.flush()
+
+
+class _DryRuntime:
+    """Just enough of a Runtime for planning: no backends, no ledger, no GPU."""
+
+    def __init__(self, config, rules):
+        self.config = config
+        self.rules = rules
+        self.gpu = None

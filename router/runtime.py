@@ -1,0 +1,84 @@
+"""The live state one config produces: backends, rule engine, accounting, GPU monitor.
+
+A SIGHUP builds a new Runtime from the new file and swaps it in; requests already running keep
+the Runtime they started with, and its backends are closed only when the last of them ends, so
+in-flight streams are never cut by a reload.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .backends import Backend, create_backend
+from .config import RouterConfig
+from .rules import RuleEngine
+
+if TYPE_CHECKING:
+    from .cost import CostControl
+    from .gpu import GpuMonitor
+
+log = logging.getLogger("aibox_router.runtime")
+
+
+class Runtime:
+    def __init__(self, config: RouterConfig, backends: dict[str, Backend], accounting: CostControl,
+                 gpu: GpuMonitor | None):
+        self.config = config
+        self.backends = backends
+        self.accounting = accounting
+        self.gpu = gpu
+        self.rules = RuleEngine(config, accounting.rule_count_today)
+        self._in_flight = 0
+        self._retired = False
+
+    @classmethod
+    def open(cls, config: RouterConfig) -> Runtime:
+        from .cost import CostControl
+
+        return cls(config, _make_backends(config), CostControl.open(config), _make_gpu(config))
+
+    def successor(self, config: RouterConfig) -> Runtime:
+        """A Runtime for a reloaded config that shares this one's ledger and GPU monitor."""
+        self.accounting.reload(config)
+        gpu = self.gpu if self.gpu is not None and config.gpu == self.config.gpu else _make_gpu(config)
+        return Runtime(config, _make_backends(config), self.accounting, gpu)
+
+    # In-flight tracking: a retired runtime closes its backends after its last request.
+    def acquire(self) -> None:
+        self._in_flight += 1
+
+    async def release(self) -> None:
+        self._in_flight -= 1
+        if self._retired and self._in_flight == 0:
+            await self._close_backends()
+
+    async def retire(self) -> None:
+        self._retired = True
+        if self._in_flight == 0:
+            await self._close_backends()
+
+    async def _close_backends(self) -> None:
+        for backend in self.backends.values():
+            try:
+                await backend.aclose()
+            except Exception:  # closing must not fail a reload
+                log.exception("closing backend %s", backend.name)
+
+    async def aclose(self) -> None:
+        await self._close_backends()
+        self.accounting.close()
+
+
+def _make_backends(config: RouterConfig) -> dict[str, Backend]:
+    return {name: create_backend(name, bc) for name, bc in config.backends.items()}
+
+
+def _make_gpu(config: RouterConfig) -> GpuMonitor | None:
+    if not config.gpu.enabled:
+        return None
+    try:
+        from .gpu import GpuMonitor
+    except ImportError:  # gpu.py absent in a trimmed install: routing uses the configured defaults
+        return None
+    return GpuMonitor(config.gpu)
