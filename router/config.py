@@ -175,6 +175,25 @@ def _msgspec_path_to_dotted(msg: str) -> str:
     return f"{m.group(1) or '<root>'}: {msg[: m.start()]}"
 
 
+_NAMED_SECTIONS: dict[str, type] = {"backends": BackendConfig, "targets": TargetConfig}
+
+
+def _locate(data: dict[str, Any], msg: str) -> str:
+    """msgspec reports entries of name->struct mappings as ``targets[...]``; find the entry's name."""
+    section = msg.split(" - at `$.", 1)[-1].split("[...]", 1)[0]
+    struct = _NAMED_SECTIONS.get(section)
+    if "[...]" in msg and struct is not None and isinstance(data.get(section), dict):
+        for name, entry in data[section].items():
+            try:
+                msgspec.convert(entry, struct, strict=False)
+            except msgspec.ValidationError as inner:
+                text = str(inner)
+                if " - at `$" not in text:
+                    return f"{section}.{name}: {text}"
+                return _msgspec_path_to_dotted(text.replace("`$", f"`$.{section}.{name}", 1))
+    return _msgspec_path_to_dotted(msg)
+
+
 def parse_config(data: Any, source: str = "<config>", env: dict[str, str] | None = None) -> RouterConfig:
     """Validate an already-parsed YAML tree; raise ConfigError naming *source* and the key path."""
     if not isinstance(data, dict):
@@ -186,7 +205,7 @@ def parse_config(data: Any, source: str = "<config>", env: dict[str, str] | None
     try:
         cfg = msgspec.convert(data, RouterConfig, strict=False)
     except msgspec.ValidationError as e:
-        raise ConfigError(f"{source}: {_msgspec_path_to_dotted(str(e))}") from None
+        raise ConfigError(f"{source}: {_locate(data, str(e))}") from None
     problems = _cross_check(cfg)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems) if len(problems) == 1

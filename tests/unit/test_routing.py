@@ -1,0 +1,109 @@
+"""Features and rules: the users' routing plan, expressed by the default config, routes as they wrote it."""
+
+from __future__ import annotations
+
+import pytest
+
+from aibox_router.cli.common import default_config_path
+from aibox_router.config import load_config
+from aibox_router.features import classify_task, complexity_score, extract_features
+from aibox_router.rules import RuleEngine
+
+CFG = load_config(default_config_path(), env={})
+
+
+def features(text, model="claude-sonnet-4-5", **kw):
+    request = {"model": model, "max_tokens": 512, "messages": [{"role": "user", "content": text}], **kw}
+    return extract_features(request, body_size=len(str(request)), client="t", protocol="anthropic",
+                            aliases=CFG.aliases)
+
+
+@pytest.mark.parametrize("text,task", [
+    ("Write a Python function that parses ISO dates", "code_generation"),
+    ("Implement a retry decorator with backoff", "code_generation"),
+    ("I get a KeyError traceback when I run this, please fix it", "debugging"),
+    ("Add docstrings and update the README for this module", "documentation"),
+    ("Explain what this regex does", "explanation"),
+    ("Find all similar patterns across the logs and detect anomalies", "pattern_recognition"),
+    ("Plan the migration of our architecture to a roadmap with steps", "planning"),
+    ("hello there", "general"),
+])
+def test_task_classification(text, task):
+    assert classify_task(text) == task
+
+
+def test_system_reminders_do_not_steer_classification():
+    text = "<system-reminder>fix the bug error traceback debug</system-reminder>Explain how this works"
+    assert classify_task(text) == "explanation"
+
+
+def test_complexity_stays_low_for_short_questions_and_rises_for_hard_work():
+    assert complexity_score("what is 2+2", 20, 0, False, "general") <= 1
+    hard = ("Design a distributed, concurrent architecture; analyse the race condition and security "
+            "trade-offs and the root cause across the codebase. " * 30)
+    assert complexity_score(hard, 60_000, 40, True, "planning") >= 9
+
+
+def test_last_user_text_skips_tool_result_turns():
+    request = {"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Explain this function"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "read", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "def f(): ..."}]},
+    ]}
+    f = extract_features(request, body_size=100, client="c", protocol="anthropic", aliases={})
+    assert f.task == "explanation"
+
+
+def engine(counts=None):
+    counts = counts or {}
+    return RuleEngine(CFG, lambda rule: counts.get(rule, 0))
+
+
+def test_default_plan_routes_coding_to_local_coder():
+    d = engine().decide(features("Write a function to merge two sorted lists"))
+    assert (d.rule, d.target) == ("coding", "coder")
+
+
+def test_default_plan_routes_docs_and_explanations_to_general():
+    assert engine().decide(features("Explain the difference between a list and a tuple")).target == "general"
+
+
+def test_default_plan_sends_pattern_recognition_to_cloud():
+    d = engine().decide(features("Find all similar patterns across the logs"))
+    assert (d.rule, d.target) == ("hard-to-cloud", "claude")
+
+
+def test_haiku_class_background_requests_go_to_fast_model():
+    d = engine().decide(features("Write a function for this", model="claude-haiku-4-5-20251001"))
+    assert (d.rule, d.target) == ("background", "fast")
+
+
+def test_daily_limit_reached_falls_to_next_matching_rule():
+    text = "Find all patterns across the code and write a function that detects them"
+    d = engine({"hard-to-cloud": 20}).decide(features(text))
+    assert d.rule != "hard-to-cloud"
+    assert any("daily_limit reached (20/20)" in t.note for t in d.trace)
+
+
+def test_override_header_and_unknown_override():
+    f = features("Explain this")
+    f.override = "claude"
+    assert engine().decide(f).rule == "override"
+    f.override = "nope"
+    d = engine().decide(f)
+    assert d.rule != "override" and "unknown target 'nope'" in d.trace[0].note
+
+
+def test_alias_applies_when_no_rule_matches():
+    d = engine().decide(features("hello there", model="claude-opus-4-5"))
+    assert (d.rule, d.target) == ("alias:claude-opus-4-5", "coder")
+
+
+def test_default_target_when_nothing_matches():
+    d = engine().decide(features("hello there", model="gpt-4o"))
+    assert (d.rule, d.target) == ("default", CFG.default_target)
+
+
+def test_thinking_and_tools_are_features():
+    f = features("hi", thinking={"type": "adaptive"}, tools=[{"name": "a", "input_schema": {}}])
+    assert f.has_thinking and f.has_tools and f.tool_count == 1
