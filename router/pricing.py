@@ -50,3 +50,18 @@ def cost_usd(price: PriceConfig | None, usage: Usage) -> Decimal:
              + usage.cache_creation_input_tokens * write_5m + usage.cache_creation_1h_input_tokens * write_1h
              + usage.cache_read_input_tokens * read)
     return total / MILLION
+
+
+def usd(value: float | str | Decimal) -> Decimal:
+    """A config amount (a YAML float such as 10.1) as the Decimal the operator wrote, not 10.0999..."""
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def worst_case_cost(price: PriceConfig | None, input_tokens: int, output_tokens: int) -> Decimal:
+    """What a call may cost at most, held against the budget while it runs.
+
+    The input is priced as plain input (with the long-context tier when it applies) and the
+    output as if all *output_tokens* are produced. Cache writes cost more than plain input, so a
+    call that writes a large cache can still exceed this; the emergency cutoff is the margin.
+    """
+    return cost_usd(price, Usage(input_tokens=max(0, input_tokens), output_tokens=max(0, output_tokens)))
