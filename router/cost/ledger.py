@@ -1,0 +1,357 @@
+"""The request ledger: one row per served (or failed) call, plus the small persisted cost state.
+
+Everything cost control knows survives a restart because it lives here: settled requests (the
+day's spend is their sum), the emergency cutoff (engaged, day, reason, by) and which alerts were
+already sent today. The daemon writes it; the operator commands read it and flip the cutoff.
+
+Storage sits behind :class:`LedgerStore` so a PostgreSQL store can replace SQLite later (several
+routers sharing one budget): implement the same methods, keep ``cost_usd`` exact (``NUMERIC``),
+make ``mark_alert`` an ``INSERT ... ON CONFLICT DO NOTHING`` and ``changed`` a cheap poll (or
+``LISTEN/NOTIFY``). Nothing outside this module touches SQL.
+
+SQLite settings, and why:
+
+* WAL journal: the CLI (reports, ``cutoff check`` from cron) reads while the daemon writes,
+  without either blocking the other.
+* ``synchronous=FULL``: every commit is fsynced before ``insert`` returns, so a settled record
+  survives not only ``kill -9`` (which any journal mode survives) but also a power cut. NORMAL
+  with WAL stays uncorrupted but may drop the last commits on power loss; the fsync costs about a
+  millisecond per request, nothing next to a model call.
+* ``cost_usd`` is TEXT holding the exact Decimal; sums are done in Python in Decimal so a day of
+  thousands of calls matches the provider's invoice to the cent (SQL SUM would use floats).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
+from pathlib import Path
+from typing import Protocol
+
+from ..accounting import RequestRecord
+
+LEDGER_FILENAME = "ledger.sqlite3"
+
+
+@dataclass
+class LedgerRow:
+    """A request as stored: the RequestRecord flattened, plus its budget day and exact cost."""
+
+    ts: float
+    day: str  # local date (YYYY-MM-DD) in the budget time zone
+    client: str
+    rule: str
+    target: str
+    backend: str
+    model: str
+    protocol: str
+    stream: bool
+    cloud: bool
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    cache_read_tokens: int = 0
+    usage_estimated: bool = False
+    cost_usd: Decimal = Decimal(0)
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    status: str = "ok"
+    http_status: int = 200
+    fallback: bool = False
+    downgraded: bool = False
+    task: str = ""
+    complexity: int = 0
+    error: str = ""
+    energy_j: float | None = None
+    id: int | None = None  # assigned by the store
+
+    @classmethod
+    def from_record(cls, record: RequestRecord, *, day: str, cost_usd: Decimal) -> LedgerRow:
+        u = record.usage
+        return cls(
+            ts=record.ts, day=day, client=record.client, rule=record.rule, target=record.target,
+            backend=record.backend, model=record.model, protocol=record.protocol, stream=record.stream,
+            cloud=record.cloud, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+            cache_write_5m_tokens=u.cache_creation_input_tokens,
+            cache_write_1h_tokens=u.cache_creation_1h_input_tokens,
+            cache_read_tokens=u.cache_read_input_tokens, usage_estimated=u.estimated, cost_usd=cost_usd,
+            latency_ms=record.latency_ms, ttft_ms=record.ttft_ms, status=record.status,
+            http_status=record.http_status, fallback=record.fallback, downgraded=record.downgraded,
+            task=record.task, complexity=record.complexity, error=record.error[:2000],
+            energy_j=record.energy_j,
+        )
+
+
+@dataclass
+class CutoffState:
+    """The emergency cutoff. It only holds on ``day``: a new budget day lifts it by itself."""
+
+    engaged: bool = False
+    day: str = ""
+    reason: str = ""
+    by: str = ""
+    ts: float = 0.0
+
+    def active_on(self, day: str) -> bool:
+        return self.engaged and self.day == day
+
+
+@dataclass
+class DayTotals:
+    """What admission control needs about one day, read once at start-up and at each day change."""
+
+    cloud_spend: Decimal = Decimal(0)
+    client_spend: dict[str, Decimal] = field(default_factory=dict)
+    # Requests each rule sent (not refused, not downgraded to a local target): rules' daily_limit.
+    rule_counts: dict[str, int] = field(default_factory=dict)
+
+
+class LedgerStore(Protocol):
+    """Persistence for cost control. Methods are synchronous and safe to call from any thread."""
+
+    def insert(self, row: LedgerRow) -> int:
+        """Store *row* durably (committed when this returns); return its id."""
+        ...
+
+    def rows(self, first_day: str, last_day: str) -> list[LedgerRow]: ...
+
+    def day_totals(self, day: str) -> DayTotals: ...
+
+    def get_cutoff(self) -> CutoffState: ...
+
+    def set_cutoff(self, state: CutoffState) -> None: ...
+
+    def mark_alert(self, day: str, kind: str, ts: float) -> bool:
+        """Record that alert *kind* went out for *day*; False when it was already recorded."""
+        ...
+
+    def alerts_sent(self, day: str) -> set[str]: ...
+
+    def changed(self) -> bool:
+        """Cheap: has another connection or process committed since the last call from this thread?"""
+        ...
+
+    def close(self) -> None: ...
+
+
+_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow) if f.name != "id")
+
+# Migration i takes the schema from user_version i to i + 1. Append, never edit a released step.
+_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
+
+
+def _migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    _MIGRATIONS.append(fn)
+    return fn
+
+
+@_migration
+def _v1_initial(conn: sqlite3.Connection) -> None:
+    conn.execute("""
+        CREATE TABLE requests (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            day TEXT NOT NULL,
+            client TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            target TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            model TEXT NOT NULL,
+            protocol TEXT NOT NULL,
+            stream INTEGER NOT NULL,
+            cloud INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cache_write_5m_tokens INTEGER NOT NULL,
+            cache_write_1h_tokens INTEGER NOT NULL,
+            cache_read_tokens INTEGER NOT NULL,
+            usage_estimated INTEGER NOT NULL,
+            cost_usd TEXT NOT NULL,
+            latency_ms REAL NOT NULL,
+            ttft_ms REAL,
+            status TEXT NOT NULL,
+            http_status INTEGER NOT NULL,
+            fallback INTEGER NOT NULL,
+            downgraded INTEGER NOT NULL,
+            task TEXT NOT NULL,
+            complexity INTEGER NOT NULL,
+            error TEXT NOT NULL,
+            energy_j REAL
+        )""")
+    conn.execute("CREATE INDEX requests_day ON requests(day)")
+    # One row: the cutoff is global to this router.
+    conn.execute("""
+        CREATE TABLE cutoff (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            engaged INTEGER NOT NULL,
+            day TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            by TEXT NOT NULL,
+            ts REAL NOT NULL
+        )""")
+    conn.execute("INSERT INTO cutoff VALUES (1, 0, '', '', '', 0)")
+    conn.execute("""
+        CREATE TABLE alerts_sent (
+            day TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            ts REAL NOT NULL,
+            PRIMARY KEY (day, kind)
+        )""")
+
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class LedgerSchemaError(Exception):
+    """The ledger file was written by a newer router, or is not a ledger."""
+
+
+class SqliteLedger:
+    """LedgerStore on one SQLite file; one connection per thread (sqlite3 objects are not shared)."""
+
+    def __init__(self, path: str | Path, *, create: bool = True, busy_timeout_ms: int = 10_000):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise FileNotFoundError(f"no ledger at {self.path}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._migrate(self._conn())
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str | Path, *, create: bool = True) -> SqliteLedger:
+        return cls(Path(state_dir) / LEDGER_FILENAME, create=create)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE) so we control when a
+            # commit, and its fsync, happens.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self._busy_timeout_ms / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise LedgerSchemaError(f"{self.path}: cannot switch the ledger to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._local.conn = conn
+            self._local.data_version = None
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            latest = len(_MIGRATIONS)
+            if version > latest:
+                raise LedgerSchemaError(f"{self.path}: ledger schema v{version} is newer than this router "
+                                        f"supports (v{latest}); upgrade the router")
+            # All steps and the version bump commit together: a crash leaves the old schema whole.
+            for step in _MIGRATIONS[version:]:
+                step(conn)
+            if version != latest:
+                conn.execute(f"PRAGMA user_version = {latest}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- requests --------------------------------------------------------------------------
+
+    def insert(self, row: LedgerRow) -> int:
+        values = []
+        for name in _COLUMNS:
+            v = getattr(row, name)
+            if isinstance(v, bool):
+                v = int(v)
+            elif isinstance(v, Decimal):
+                v = str(v)
+            values.append(v)
+        conn = self._conn()
+        sql = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+        # In autocommit mode a lone INSERT is its own transaction: committed (and fsynced, given
+        # synchronous=FULL) when execute returns.
+        cur = conn.execute(sql, values)
+        row.id = int(cur.lastrowid or 0)
+        return row.id
+
+    def rows(self, first_day: str, last_day: str) -> list[LedgerRow]:
+        cur = self._conn().execute(
+            f"SELECT id, {', '.join(_COLUMNS)} FROM requests WHERE day >= ? AND day <= ? ORDER BY id",
+            (first_day, last_day))
+        return [self._row(r) for r in cur]
+
+    @staticmethod
+    def _row(r: Sequence[object]) -> LedgerRow:
+        data = dict(zip(_COLUMNS, r[1:], strict=True))
+        for name in ("stream", "cloud", "usage_estimated", "fallback", "downgraded"):
+            data[name] = bool(data[name])
+        data["cost_usd"] = Decimal(str(data["cost_usd"]))
+        return LedgerRow(id=int(r[0]), **data)  # type: ignore[arg-type]
+
+    def day_totals(self, day: str) -> DayTotals:
+        conn = self._conn()
+        totals = DayTotals()
+        for client, cost in conn.execute("SELECT client, cost_usd FROM requests WHERE day = ? AND cloud = 1",
+                                         (day,)):
+            c = Decimal(cost)
+            totals.cloud_spend += c
+            totals.client_spend[client] = totals.client_spend.get(client, Decimal(0)) + c
+        for rule, n in conn.execute(
+                "SELECT rule, COUNT(*) FROM requests WHERE day = ? AND status != 'refused' AND downgraded = 0 "
+                "GROUP BY rule", (day,)):
+            totals.rule_counts[rule] = int(n)
+        return totals
+
+    # -- state -----------------------------------------------------------------------------
+
+    def get_cutoff(self) -> CutoffState:
+        r = self._conn().execute("SELECT engaged, day, reason, by, ts FROM cutoff WHERE id = 1").fetchone()
+        if r is None:
+            return CutoffState()
+        return CutoffState(engaged=bool(r[0]), day=r[1], reason=r[2], by=r[3], ts=float(r[4]))
+
+    def set_cutoff(self, state: CutoffState) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO cutoff (id, engaged, day, reason, by, ts) VALUES (1, ?, ?, ?, ?, ?)",
+            (int(state.engaged), state.day, state.reason, state.by, state.ts))
+
+    def mark_alert(self, day: str, kind: str, ts: float) -> bool:
+        # INSERT OR IGNORE is atomic across processes: the daemon and a cron `cutoff check`
+        # racing for the same threshold send one alert between them.
+        cur = self._conn().execute("INSERT OR IGNORE INTO alerts_sent (day, kind, ts) VALUES (?, ?, ?)",
+                                   (day, kind, ts))
+        return cur.rowcount == 1
+
+    def alerts_sent(self, day: str) -> set[str]:
+        return {r[0] for r in self._conn().execute("SELECT kind FROM alerts_sent WHERE day = ?", (day,))}
+
+    def changed(self) -> bool:
+        # data_version changes when any *other* connection commits; reading it costs no I/O.
+        conn = self._conn()
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        previous = self._local.data_version
+        self._local.data_version = version
+        # A thread's first call cannot know what happened before it: say "changed" so it reads.
+        return previous is None or version != previous
+
+    def integrity_check(self) -> str:
+        return str(self._conn().execute("PRAGMA integrity_check").fetchone()[0])
+
+    def close(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
