@@ -155,7 +155,8 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
                     internal = anthropic_api.parse_request(body)
                     include_usage = False
                 else:
-                    internal, include_usage = openai_api.parse_request(body)
+                    internal, options = openai_api.parse_request(body)
+                    include_usage = options.include_usage
                 requested_model = str(internal.get("model") or "")
                 kwargs: dict[str, Any] = dict(client=client, protocol=protocol, body_size=len(body),
                                               forward_headers=_forward_headers(request),
@@ -307,10 +308,12 @@ async def _openai_sse(events: AsyncIterator[dict[str, Any]], model: str,
     encoder = openai_api.StreamEncoder(model=model, include_usage=include_usage)
     try:
         async for event in events:
-            for chunk in encoder.feed(event):
+            chunk = encoder.feed(event)
+            if chunk:
                 yield chunk
-        for chunk in encoder.finish():
-            yield chunk
+        tail = encoder.finish()
+        if tail:
+            yield tail
     except RouterError as err:
         yield b"data: " + openai_api.error_body(err) + b"\n\n"
     except Exception as err:
