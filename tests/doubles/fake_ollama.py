@@ -181,7 +181,7 @@ class FakeOllama:
             yield line({"model": model, "created_at": _now(),
                         "message": {"role": "assistant", "content": "", "tool_calls": self._tool_calls(reply)},
                         "done": False})
-        yield line({**final, "message": {"role": "assistant", "content": ""}})
+        yield line({**final, "created_at": _now(), "message": {"role": "assistant", "content": ""}})
 
     @staticmethod
     def _tool_calls(reply: Reply) -> list[dict[str, Any]]:
