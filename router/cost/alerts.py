@@ -13,10 +13,11 @@ import logging
 import os
 import smtplib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from email.message import EmailMessage
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -74,6 +75,40 @@ def _safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}/..."
 
 
+class _Redact(logging.Filter):
+    """Rewrites records of httpx's own logger, which logs every request URL at INFO level."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replacements: dict[str, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.replacements:
+            msg = record.getMessage()
+            if any(secret in msg for secret in self.replacements):
+                for secret, safe in self.replacements.items():
+                    msg = msg.replace(secret, safe)
+                record.msg, record.args = msg, None
+        return True
+
+
+_REDACT = _Redact()
+logging.getLogger("httpx").addFilter(_REDACT)
+
+
+def _protect(config: AlertsConfig) -> None:
+    if config.webhook is not None:
+        url = config.webhook.url
+        _REDACT.replacements[url] = _safe_url(url)
+        parts = urlsplit(url)
+        for secret in (parts.path, parts.query):  # httpx may log the URL normalised
+            if len(secret) >= 8:
+                _REDACT.replacements[secret] = "/..."
+        for value in config.webhook.headers.values():
+            if len(value) >= 8:
+                _REDACT.replacements[value] = "<redacted>"
+
+
 class Alerter:
     """Sends alerts over the configured channels in background tasks."""
 
@@ -81,9 +116,11 @@ class Alerter:
         self.config = config
         self._env = env
         self._tasks: set[asyncio.Task[bool]] = set()
+        _protect(config)
 
     def reload(self, config: AlertsConfig) -> None:
         self.config = config
+        _protect(config)
 
     @property
     def configured(self) -> bool:
@@ -107,7 +144,8 @@ class Alerter:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def _with_retries(self, name: str, fn, cfg, alert: Alert) -> bool:  # type: ignore[no-untyped-def]
+    async def _with_retries(self, name: str, fn: Callable[[Any, Alert], Awaitable[None]], cfg: object,
+                            alert: Alert) -> bool:
         attempts = max(1, self.config.retry_attempts)
         for attempt in range(1, attempts + 1):
             try:
