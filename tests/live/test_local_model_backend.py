@@ -1,23 +1,19 @@
 """OpenAIBackend against a REAL model: llama-cpp-python's server running SmolLM2-135M on the CPU.
 
-Provisioned by scripts/ensure-local-model. Skipped only when AIBOX_SKIP_LOCAL_MODEL=1; when the
-model is missing otherwise, the tests fail and say how to provision it, so a CI that forgot the
-step does not pass silently.
+Provisioned by scripts/ensure-local-model; the server is the session fixture ``llama_url`` in
+tests/conftest.py. Skipped only when AIBOX_SKIP_LOCAL_MODEL=1; when the model is missing otherwise,
+the tests fail and say how to provision it, so a CI that forgot the step does not pass silently.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aibox_router.backends.openai import OpenAIBackend
 from aibox_router.config import BackendConfig, TargetConfig
 from aibox_router.internal import CallContext
-
-from tests.support.local_model import SKIP_ENV, LocalModelMissing, start_llama_server, stop_llama_server
 
 TARGET = TargetConfig(backend="llama", model="smollm2", max_output_tokens=24)
 REQUEST: dict[str, Any] = {
@@ -26,18 +22,6 @@ REQUEST: dict[str, Any] = {
                 "cache_control": {"type": "ephemeral"}}],
     "messages": [{"role": "user", "content": "What is the capital of France?"}],
 }
-
-
-@pytest.fixture(scope="module")
-def llama_url() -> Iterator[str]:
-    if os.environ.get(SKIP_ENV) == "1":
-        pytest.skip(f"{SKIP_ENV}=1")
-    try:
-        url, process = start_llama_server()
-    except LocalModelMissing as e:
-        pytest.fail(str(e), pytrace=False)
-    yield url
-    stop_llama_server(process)
 
 
 @pytest.fixture
