@@ -1,0 +1,273 @@
+"""Operator commands over the ledger: ``report``, ``cutoff check|engage|release``, ``budget show``.
+
+They share ``<state_dir>/ledger.sqlite3`` with a running daemon (SQLite WAL: readers and the
+writer do not block each other); the daemon sees a cutoff engaged or released here within about
+a second. Run them as the daemon's user: a file SQLite creates here must stay writable for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import sqlite3
+import time
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import click
+
+from ..config import RouterConfig
+from ..cost.alerts import Alerter, threshold_alert
+from ..cost.budget import BudgetLimits, day_of, due_alerts
+from ..cost.ledger import LEDGER_FILENAME, CutoffState, LedgerSchemaError, SqliteLedger
+from . import config_option
+from .common import load_or_exit
+
+
+def _ledger_path(cfg: RouterConfig) -> Path:
+    return Path(cfg.server.state_dir) / LEDGER_FILENAME
+
+
+def _open(cfg: RouterConfig, *, create: bool) -> SqliteLedger | None:
+    """The ledger, or None when there is none yet and *create* is False (never ran: nothing spent)."""
+    try:
+        return SqliteLedger(_ledger_path(cfg), create=create)
+    except FileNotFoundError:
+        return None
+    except (sqlite3.Error, LedgerSchemaError, OSError) as e:
+        raise click.ClickException(f"cannot read the ledger {_ledger_path(cfg)}: {e}") from None
+
+
+def _who() -> str:
+    try:
+        return f"operator:{getpass.getuser()}"
+    except (OSError, KeyError):  # no user name in minimal containers
+        return "operator"
+
+
+def _today(cfg: RouterConfig) -> str:
+    return day_of(time.time(), BudgetLimits.from_config(cfg).timezone)
+
+
+def _usd(d: Decimal) -> str:
+    return f"${d:.2f}"
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+@click.command()
+@config_option
+@click.option("--date", "date_", metavar="YYYY-MM-DD", help="Last day of the report (default: today).")
+@click.option("--days", type=click.IntRange(1, 3660), default=1, show_default=True,
+              help="How many days, ending at --date.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--chart", type=click.Path(dir_okay=False), default=None,
+              help="Also draw daily spend vs budget and the local share to this .png or .html file.")
+@click.option("--reference-model", default=None,
+              help="Cloud model that prices local traffic for the savings figure (default: first cloud "
+                   "target's model).")
+def report(config_path: str | None, date_: str | None, days: int, as_json: bool, chart: str | None,
+           reference_model: str | None) -> None:
+    """Spend, local share, savings, latency and availability from the ledger."""
+    from ..cost.report import build_report, day_range, format_report, report_to_json
+
+    cfg = load_or_exit(config_path)
+    last = date_ or _today(cfg)
+    try:
+        date.fromisoformat(last)
+    except ValueError:
+        raise click.BadParameter(f"expected YYYY-MM-DD, found {last!r}", param_hint="--date") from None
+    first, last = day_range(last, days)
+    led = _open(cfg, create=False)
+    if led is None:
+        click.echo(f"note: no ledger at {_ledger_path(cfg)} yet; the report is empty", err=True)
+        rows = []
+    else:
+        try:
+            rows = led.rows(first, last)
+        except sqlite3.Error as e:
+            raise click.ClickException(f"cannot read the ledger {_ledger_path(cfg)}: {e}") from None
+        finally:
+            led.close()
+    rep = build_report(rows, cfg, first_day=first, last_day=last, reference_model=reference_model)
+    if as_json:
+        click.echo(json.dumps(report_to_json(rep), indent=2))
+    else:
+        click.echo(format_report(rep))
+    if chart:
+        from ..cost.chart import write_chart
+
+        try:
+            path = write_chart(rep, chart, emergency_cutoff=cfg.budgets.emergency_cutoff)
+        except (ValueError, OSError) as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"chart written to {path}", err=True)
+
+
+# -- cutoff ------------------------------------------------------------------------------------
+
+
+@click.group()
+def cutoff() -> None:
+    """The emergency cutoff: while engaged, every cloud request is refused (until the day ends)."""
+
+
+@cutoff.command("check")
+@config_option
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing unless the cutoff is engaged.")
+def cutoff_check(config_path: str | None, quiet: bool) -> None:
+    """For cron (hourly): engage the cutoff and alert if today's spend reached emergency_cutoff.
+
+    Exits 0 when all is well, including when it just engaged the cutoff; non-zero only when the
+    config or the ledger cannot be read.
+    """
+    cfg = load_or_exit(config_path)
+    led = _open(cfg, create=False)
+    if led is None:
+        if not quiet:
+            click.echo(f"no ledger at {_ledger_path(cfg)} yet: nothing spent")
+        return
+    limits = BudgetLimits.from_config(cfg)
+    day = _today(cfg)
+    try:
+        spend = led.day_totals(day).cloud_spend
+        state = led.get_cutoff()
+        engaged_now = False
+        if spend > 0 and spend >= limits.emergency_cutoff and not state.active_on(day):
+            state = CutoffState(engaged=True, day=day, by="cutoff check", ts=time.time(),
+                                reason=f"cloud spend ${spend:.2f} reached the emergency cutoff "
+                                       f"${limits.emergency_cutoff:.2f}")
+            led.set_cutoff(state)
+            engaged_now = True
+        # Any threshold alert nobody sent yet (the daemon may have died before it could).
+        to_send = [(k, t) for k, t in due_alerts(spend, limits, led.alerts_sent(day))
+                   if led.mark_alert(day, k, time.time())]
+    except sqlite3.Error as e:
+        raise click.ClickException(f"cannot read the ledger {_ledger_path(cfg)}: {e}") from None
+    finally:
+        led.close()
+    if to_send:
+        alerter = Alerter(cfg.alerts)
+
+        async def deliver() -> None:
+            for kind, threshold in to_send:
+                alerter.send(threshold_alert(kind, day=day, spend=spend, daily_budget=limits.daily_budget,
+                                             threshold=threshold))
+            await alerter.drain()
+
+        asyncio.run(deliver())
+        if not alerter.configured:
+            click.echo("warning: no alert channel configured (alerts.email / alerts.webhook)", err=True)
+    active = state.active_on(day)
+    if engaged_now:
+        click.echo(f"ENGAGED the emergency cutoff: {state.reason}")
+    elif active:
+        click.echo(f"cutoff engaged for {day} by {state.by}: {state.reason}")
+    elif not quiet:
+        click.echo(f"ok: cloud spend {_usd(spend)} on {day}, emergency cutoff at "
+                   f"{_usd(limits.emergency_cutoff)}")
+
+
+@cutoff.command("engage")
+@config_option
+@click.option("--reason", default="engaged by an operator", show_default=True)
+def cutoff_engage(config_path: str | None, reason: str) -> None:
+    """Refuse all cloud requests for the rest of today (the daemon notices within a second)."""
+    cfg = load_or_exit(config_path)
+    led = _open(cfg, create=True)
+    assert led is not None
+    day = _today(cfg)
+    try:
+        led.set_cutoff(CutoffState(engaged=True, day=day, reason=reason, by=_who(), ts=time.time()))
+    except sqlite3.Error as e:
+        raise click.ClickException(f"cannot write the ledger {_ledger_path(cfg)}: {e}") from None
+    finally:
+        led.close()
+    click.echo(f"emergency cutoff engaged for {day}: {reason}")
+
+
+@cutoff.command("release")
+@config_option
+def cutoff_release(config_path: str | None) -> None:
+    """Allow cloud requests again (within budget) before the day ends."""
+    cfg = load_or_exit(config_path)
+    led = _open(cfg, create=False)
+    if led is None:
+        click.echo("cutoff not engaged (no ledger yet)")
+        return
+    limits = BudgetLimits.from_config(cfg)
+    day = _today(cfg)
+    try:
+        was = led.get_cutoff()
+        led.set_cutoff(CutoffState(engaged=False, day=day, reason="released", by=_who(), ts=time.time()))
+        spend = led.day_totals(day).cloud_spend
+    except sqlite3.Error as e:
+        raise click.ClickException(f"cannot write the ledger {_ledger_path(cfg)}: {e}") from None
+    finally:
+        led.close()
+    click.echo("emergency cutoff released" if was.active_on(day) else "cutoff was not engaged today")
+    if spend > 0 and spend >= limits.emergency_cutoff:
+        click.echo(f"warning: today's cloud spend {_usd(spend)} is at or above budgets.emergency_cutoff "
+                   f"{_usd(limits.emergency_cutoff)}; the daemon engages the cutoff again on the next cloud "
+                   "request. Raise the limit in the config (and reload) first.", err=True)
+
+
+# -- budget ------------------------------------------------------------------------------------
+
+
+@click.group()
+def budget() -> None:
+    """Today's budget."""
+
+
+@budget.command("show")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def budget_show(config_path: str | None, as_json: bool) -> None:
+    """Spend today, what remains, the thresholds, the cutoff and per-client spend."""
+    cfg = load_or_exit(config_path)
+    limits = BudgetLimits.from_config(cfg)
+    day = _today(cfg)
+    led = _open(cfg, create=False)
+    if led is None:
+        spend, per_client, state, sent = Decimal(0), {}, CutoffState(), set()
+    else:
+        try:
+            totals = led.day_totals(day)
+            spend, per_client, state, sent = totals.cloud_spend, totals.client_spend, led.get_cutoff(), \
+                led.alerts_sent(day)
+        except sqlite3.Error as e:
+            raise click.ClickException(f"cannot read the ledger {_ledger_path(cfg)}: {e}") from None
+        finally:
+            led.close()
+    remaining = max(Decimal(0), limits.daily_budget - spend)
+    clients = sorted(set(per_client) | set(limits.client_budgets))
+    if as_json:
+        click.echo(json.dumps({
+            "day": day, "timezone": cfg.budgets.timezone, "spend_usd": str(spend),
+            "daily_budget_usd": str(limits.daily_budget), "remaining_usd": str(remaining),
+            "alert_threshold_usd": str(limits.alert_threshold),
+            "emergency_cutoff_usd": str(limits.emergency_cutoff),
+            "cutoff": {"engaged": state.active_on(day), "day": state.day, "reason": state.reason, "by": state.by},
+            "alerts_sent": sorted(sent),
+            "clients": {c: {"spend_usd": str(per_client.get(c, Decimal(0))),
+                            "daily_budget_usd": (str(limits.client_budgets[c]) if c in limits.client_budgets
+                                                 else None)} for c in clients},
+        }, indent=2))
+        return
+    click.echo(f"budget day       {day} ({cfg.budgets.timezone})")
+    click.echo(f"cloud spend      {_usd(spend)} of {_usd(limits.daily_budget)}  ({_usd(remaining)} remaining)")
+    click.echo(f"alert at         {_usd(limits.alert_threshold)}"
+               + ("  (sent)" if "alert_threshold" in sent else ""))
+    click.echo(f"emergency cutoff {_usd(limits.emergency_cutoff)}")
+    if state.active_on(day):
+        click.echo(f"cutoff           ENGAGED by {state.by}: {state.reason}")
+    else:
+        click.echo("cutoff           not engaged")
+    for c in clients:
+        cap = limits.client_budgets.get(c)
+        click.echo(f"client {c:<16} {_usd(per_client.get(c, Decimal(0)))}"
+                   + (f" of {_usd(cap)}" if cap is not None else ""))
