@@ -1,0 +1,272 @@
+"""An MCP server that lets Claude Code hand sub-tasks to the local models deliberately.
+
+Tools:
+
+``ask_local(task_type, prompt, max_tokens=1024)``
+    Answers with the local target the routing rules pick for that task type. Never the cloud: if
+    the rules pick a cloud target, the first local target in its fallback list answers, else the
+    default target if it is local, else the first local target. The call goes through the normal
+    pipeline (fallbacks among local targets, ledger record with protocol ``mcp``).
+``list_local_models()``
+    Local targets with their backend's health, the models Ollama has loaded, and benchmark
+    figures from ``<state_dir>/model_performance.json`` (written by ``aibox-router bench``).
+``usage_report()``
+    Today's usage from the ledger: spend against the budget, cutoff, requests by target.
+
+Register with Claude Code:  claude mcp add aibox-local -- aibox-router mcp -c /etc/aibox-router/config.yml
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from .config import RouterConfig
+from .features import TASKS, extract_features
+from .rules import RouteDecision
+
+try:  # mcp >= 2
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+except ImportError:  # mcp 1.x
+    from mcp.server.fastmcp import FastMCP as MCPServer  # type: ignore[no-redef]
+    from mcp.server.fastmcp.exceptions import ToolError  # type: ignore[no-redef]
+
+PERFORMANCE_FILE = "model_performance.json"
+MCP_CLIENT = "mcp"
+MCP_PROTOCOL = "mcp"
+_REQUEST_MODEL = "aibox-mcp"  # the model name rules see for MCP calls (no alias matches it)
+
+INSTRUCTIONS = (
+    "Tools of the aibox router: ask_local sends a self-contained sub-task (code generation, debugging, "
+    "documentation, explanation, ...) to a local model at no API cost; list_local_models shows which "
+    "local models are up and how they benchmarked; usage_report shows today's spend and budget."
+)
+
+
+class RuntimeHolder:
+    """Opens the router runtime on first use, inside the server's event loop, and closes it at exit."""
+
+    def __init__(self, config: RouterConfig):
+        self.config = config
+        self._runtime: Any = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Any:
+        async with self._lock:
+            if self._runtime is None:
+                from .runtime import Runtime
+
+                self._runtime = Runtime.open(self.config)
+            return self._runtime
+
+    async def aclose(self) -> None:
+        if self._runtime is not None:
+            runtime, self._runtime = self._runtime, None
+            await runtime.aclose()
+
+
+def is_local(config: RouterConfig, target: str) -> bool:
+    return not config.target_is_cloud(target)
+
+
+def local_chain(config: RouterConfig, decision: RouteDecision) -> tuple[list[str], str]:
+    """The local targets to try for a decision, first choice first, and why that one."""
+    chosen = decision.target
+    if is_local(config, chosen):
+        why = f"rules chose {chosen!r} ({decision.reason})"
+    else:
+        fallbacks = [t for t in config.targets[chosen].fallback if is_local(config, t)]
+        if fallbacks:
+            chosen, why = fallbacks[0], f"rules chose cloud target {decision.target!r}; its first local fallback"
+        elif is_local(config, config.default_target):
+            chosen, why = config.default_target, f"rules chose cloud target {decision.target!r}; the default target"
+        else:
+            local = [t for t in config.targets if is_local(config, t)]
+            if not local:
+                raise ToolError("this router has no local target configured; ask_local cannot answer")
+            chosen, why = local[0], f"rules chose cloud target {decision.target!r}; the first local target"
+    chain = [chosen] + [t for t in config.targets[chosen].fallback if t != chosen and is_local(config, t)]
+    return chain, why
+
+
+def plan_local(runtime: Any, request: dict[str, Any], task_type: str) -> Any:
+    """A pipeline Plan for *request* whose task is *task_type* and whose chain has only local targets."""
+    from .pipeline import Plan
+
+    cfg: RouterConfig = runtime.config
+    gpu = runtime.gpu.features() if runtime.gpu is not None else dict(cfg.gpu.defaults_when_absent)
+    features = extract_features(request, body_size=len(json.dumps(request)), client=MCP_CLIENT,
+                                protocol=MCP_PROTOCOL, aliases=cfg.aliases, gpu=gpu)
+    features.task = task_type
+    decision = runtime.rules.decide(features)
+    chain, why = local_chain(cfg, decision)
+    if chain[0] != decision.target:
+        decision = RouteDecision(chain[0], "mcp-local", why, decision.trace)
+    return Plan(features, decision, chain)
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    return "".join(b.get("text", "") for b in message.get("content") or [] if b.get("type") == "text")
+
+
+async def ask_local(holder: RuntimeHolder, task_type: str, prompt: str, max_tokens: int = 1024) -> str:
+    from . import pipeline
+    from .errors import RouterError
+
+    if task_type not in TASKS:
+        raise ToolError(f"task_type must be one of {', '.join(TASKS)}; got {task_type!r}")
+    if not prompt.strip():
+        raise ToolError("prompt is empty")
+    if not 1 <= max_tokens <= 32000:
+        raise ToolError("max_tokens must be between 1 and 32000")
+    runtime = await holder.get()
+    request = {"model": _REQUEST_MODEL, "max_tokens": max_tokens,
+               "messages": [{"role": "user", "content": prompt}]}
+    plan = plan_local(runtime, request, task_type)
+    try:
+        outcome = await pipeline.complete(runtime, request, client=MCP_CLIENT, protocol=MCP_PROTOCOL, plan=plan)
+    except RouterError as e:
+        raise ToolError(f"no local model could answer: {e.message}") from None
+    text = _text_of(outcome.message or {})
+    fallback = " (fallback)" if outcome.fallback else ""
+    return (f"{text}\n\n---\nanswered by local model {outcome.model} (target {outcome.target}{fallback}, "
+            f"backend {outcome.backend}; rule {plan.decision.rule})")
+
+
+async def _health(backend: Any) -> dict[str, Any]:
+    try:
+        ok, detail = await asyncio.wait_for(backend.health(), timeout=5)
+    except Exception as e:  # noqa: BLE001 - a health probe reports, it does not fail the tool
+        ok, detail = False, f"{type(e).__name__}: {e}"
+    info: dict[str, Any] = {"reachable": ok, "detail": detail}
+    if ok and hasattr(backend, "loaded_models"):
+        try:
+            info["loaded_models"] = [m.get("name") or m.get("model") for m in await backend.loaded_models()]
+        except Exception as e:  # noqa: BLE001
+            info["loaded_models_error"] = str(e)
+    return info
+
+
+def read_performance(state_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(state_dir) / PERFORMANCE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def list_local_models(holder: RuntimeHolder) -> dict[str, Any]:
+    runtime = await holder.get()
+    cfg: RouterConfig = runtime.config
+    local = [t for t in cfg.targets if is_local(cfg, t)]
+    backend_names = list(dict.fromkeys(cfg.targets[t].backend for t in local))
+    health = dict(zip(backend_names, await asyncio.gather(*(_health(runtime.backends[b]) for b in backend_names)),
+                      strict=True))
+    perf = read_performance(cfg.server.state_dir) or {}
+    summary = perf.get("summary") or {}
+    targets = []
+    for name in local:
+        t = cfg.targets[name]
+        entry: dict[str, Any] = {"target": name, "model": t.model, "backend": t.backend,
+                                 "backend_type": cfg.backends[t.backend].type, **health[t.backend]}
+        if name in summary:
+            s = summary[name]
+            entry["benchmark"] = {k: s.get(k) for k in ("pass_rate", "tokens_per_s_median", "ttft_ms_median",
+                                                        "total_ms_median", "runs")}
+        targets.append(entry)
+    result: dict[str, Any] = {"targets": targets, "default_target": cfg.default_target}
+    if perf:
+        result["benchmark_generated_at"] = perf.get("generated_at")
+        result["benchmark_recommendations"] = perf.get("recommendations")
+    else:
+        result["benchmark"] = f"none: run `aibox-router bench --output {Path(cfg.server.state_dir) / PERFORMANCE_FILE}`"
+    return result
+
+
+def _usd(value: Decimal) -> str:
+    return f"{value:.4f}"
+
+
+async def usage_report(holder: RuntimeHolder) -> dict[str, Any]:
+    """Today's usage, read from the ledger (so it includes the daemon's traffic, not only this process's)."""
+    from .cost import BudgetLimits, day_of
+
+    runtime = await holder.get()
+    cfg: RouterConfig = runtime.config
+    store = runtime.accounting.store
+    limits = BudgetLimits.from_config(cfg)
+    day = day_of(time.time(), limits.timezone)
+    rows = await asyncio.to_thread(store.rows, day, day)
+    cutoff = await asyncio.to_thread(store.get_cutoff)
+    spend = sum((r.cost_usd for r in rows if r.cloud), Decimal(0))
+    by_target: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        e = by_target.setdefault(r.target or "(refused)", {"requests": 0, "errors": 0, "input_tokens": 0,
+                                                             "output_tokens": 0, "cost_usd": Decimal(0),
+                                                             "cloud": r.cloud, "energy_j": 0.0})
+        e["requests"] += 1
+        e["errors"] += r.status != "ok"
+        e["input_tokens"] += r.input_tokens
+        e["output_tokens"] += r.output_tokens
+        e["cost_usd"] += r.cost_usd
+        e["energy_j"] += r.energy_j or 0.0
+    for e in by_target.values():
+        e["cost_usd"] = _usd(e["cost_usd"])
+        e["energy_j"] = round(e["energy_j"], 1)
+    local = sum(1 for r in rows if not r.cloud and r.status == "ok")
+    served = sum(1 for r in rows if r.status == "ok")
+    return {
+        "day": day, "timezone": cfg.budgets.timezone,
+        "cloud_spend_usd": _usd(spend), "daily_budget_usd": _usd(limits.daily_budget),
+        "remaining_usd": _usd(max(Decimal(0), limits.daily_budget - spend)),
+        "alert_threshold_usd": _usd(limits.alert_threshold), "emergency_cutoff_usd": _usd(limits.emergency_cutoff),
+        "cutoff_engaged": cutoff.active_on(day), "cutoff_reason": cutoff.reason if cutoff.active_on(day) else "",
+        "requests": len(rows), "served": served, "served_locally": local,
+        "local_share": round(local / served, 3) if served else None,
+        "mcp_requests": sum(1 for r in rows if r.protocol == MCP_PROTOCOL),
+        "by_target": by_target,
+    }
+
+
+def build_server(config: RouterConfig) -> tuple[Any, RuntimeHolder]:
+    """The MCP server and the holder whose runtime must be closed (``await holder.aclose()``) at exit."""
+    holder = RuntimeHolder(config)
+    server = MCPServer(name="aibox-local", instructions=INSTRUCTIONS)
+
+    @server.tool(name="ask_local", description=(
+        "Send a self-contained sub-task to a local model (no API cost) and get its answer. task_type is one "
+        f"of: {', '.join(TASKS)}; the router's rules pick the local model for it. Include all context the "
+        "model needs in prompt. The answer ends with which local model answered."))
+    async def _ask_local(task_type: str, prompt: str, max_tokens: int = 1024) -> str:
+        return await ask_local(holder, task_type, prompt, max_tokens)
+
+    @server.tool(name="list_local_models", description=(
+        "List the router's local models: reachability, loaded models, and benchmark figures (pass rate, "
+        "tokens/s, time to first token) where `aibox-router bench` has measured them."))
+    async def _list_local_models() -> dict[str, Any]:
+        return await list_local_models(holder)
+
+    @server.tool(name="usage_report", description=(
+        "Today's router usage from its ledger: cloud spend vs. daily budget, emergency cutoff state, "
+        "requests, tokens and cost per target, share served locally."))
+    async def _usage_report() -> dict[str, Any]:
+        return await usage_report(holder)
+
+    return server, holder
+
+
+async def serve(config: RouterConfig, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8089) -> None:
+    server, holder = build_server(config)
+    try:
+        if transport == "stdio":
+            await server.run_stdio_async()
+        else:
+            await server.run_streamable_http_async(host=host, port=port)
+    finally:
+        await holder.aclose()
