@@ -109,11 +109,11 @@ def sequential(url: str, body: bytes, headers: dict, n: int, stream: bool) -> li
             t0 = time.perf_counter()
             if stream:
                 with client.stream("POST", url, content=body, headers=headers) as r:
+                    first = True
                     for _chunk in r.iter_raw():
-                        out.append((time.perf_counter() - t0) * 1000)
-                        break
-                    for _chunk in r.iter_raw():
-                        pass
+                        if first:
+                            out.append((time.perf_counter() - t0) * 1000)
+                            first = False
             else:
                 r = client.post(url, content=body, headers=headers)
                 out.append((time.perf_counter() - t0) * 1000)

@@ -62,6 +62,9 @@ class RequestRecord:
 class Accounting(Protocol):
     def rule_count_today(self, rule: str) -> int: ...
 
+    def rule_started(self, rule: str) -> None:
+        """A call for *rule* is about to go out; its settle() ends the in-flight count."""
+
     async def admit(self, *, target: str, model: str, client: str, request: Request,
                     input_tokens: int) -> Admission: ...
 

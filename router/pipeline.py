@@ -153,6 +153,7 @@ async def _no_target_error(runtime: Runtime, plan: Plan, protocol: str, stream: 
     if refusals and not failures:
         # Nothing was sent anywhere: still record the refusal, so reports show what the budget blocked.
         refused = _Call(runtime, plan, plan.chain[0], 0, False, protocol, stream)
+        runtime.accounting.rule_started(plan.decision.rule)
         await refused.settle("refused", 400, "; ".join(refusals))
         return BudgetExhaustedError("The aibox router will not send this request to the cloud: "
                                     + "; ".join(refusals) + ". No local model could take it. Retrying will not "
@@ -173,6 +174,8 @@ async def _attempts(runtime: Runtime, plan: Plan, request: Request, protocol: st
                 downgraded = True
                 continue
             call.reservation = admission.reservation
+        # Counted from now, so concurrent requests cannot all slip under a rule's daily_limit.
+        runtime.accounting.rule_started(plan.decision.rule)
         yield call
 
 

@@ -7,6 +7,7 @@ in-flight streams are never cut by a reload.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -67,6 +68,11 @@ class Runtime:
 
     async def aclose(self) -> None:
         await self._close_backends()
+        try:
+            # Give alerts in flight (e.g. "budget reached") a bounded chance to go out on shutdown.
+            await asyncio.wait_for(self.accounting.drain_alerts(), timeout=10)
+        except TimeoutError:
+            log.warning("shutting down with alerts still being retried")
         self.accounting.close()
 
 
