@@ -8,11 +8,12 @@ the real codes: NVML_ERROR_LIBRARY_NOT_FOUND = 12, NVML_ERROR_NOT_SUPPORTED = 3,
 tests/unit/test_gpu.py checks that every name the double provides exists in the real ``pynvml``
 with the same parameters and error codes.
 
-The values are those an NVIDIA H100 80GB HBM3 (SXM) reports through NVML with a 550-series driver:
-its device name, 81559 MiB of memory (85 520 809 984 bytes), about 70 W and 31 °C idle, about
-400-600 W under inference, and the millijoule energy counter advancing by power x time. The
-samples below are a sequence (idle, model loading, generating, idle again); ``advance()``
-replays the next one, as the card's state would change between two reads.
+The values follow what an NVIDIA H100 80GB HBM3 (SXM) reports through NVML with a 550-series
+driver (as ``nvidia-smi -q`` shows on such a card): its device name, 81559 MiB of memory
+(85 520 809 984 bytes), about 70 W and 31 °C idle, 400-600 W under inference, and the millijoule
+energy counter advancing by power x time. The samples below are a sequence (idle, model loading,
+generating, idle again); ``advance()`` replays the next one, as the card's state would change
+between two reads.
 """
 
 from __future__ import annotations

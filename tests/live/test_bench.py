@@ -1,6 +1,7 @@
 """``aibox-router bench`` end to end against a REAL local model (llama-cpp-python serving SmolLM2-135M).
 
-Provisioned by scripts/ensure-local-model. Skipped only when AIBOX_SKIP_LOCAL_MODEL=1; when the
+Provisioned by scripts/ensure-local-model; the server is the session fixture ``llama_url``
+(tests/conftest.py). Skipped only when AIBOX_SKIP_LOCAL_MODEL=1; when the
 model is missing otherwise the test fails and says how to provision it.
 """
 
@@ -10,25 +11,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
-
-from tests.support import local_model
-
-
-@pytest.fixture(scope="module")
-def llama_url() -> Iterator[str]:
-    if os.environ.get(local_model.SKIP_ENV) == "1":
-        pytest.skip(f"{local_model.SKIP_ENV}=1")
-    try:
-        url, process = local_model.start_llama_server()
-    except local_model.LocalModelMissing as e:
-        pytest.fail(str(e))
-    yield url
-    local_model.stop_llama_server(process)
 
 
 def test_bench_end_to_end(llama_url: str, tmp_path: Path) -> None:

@@ -1,16 +1,15 @@
 """The MCP server end to end: the official ``mcp`` SDK client drives ``python -m aibox_router mcp``
 over stdio, and ask_local is answered by a REAL local model (llama-cpp-python serving SmolLM2-135M).
 
-Provisioned by scripts/ensure-local-model. Skipped only when AIBOX_SKIP_LOCAL_MODEL=1; when the
+Provisioned by scripts/ensure-local-model; the server is the session fixture ``llama_url``
+(tests/conftest.py). Skipped only when AIBOX_SKIP_LOCAL_MODEL=1; when the
 model is missing otherwise the tests fail and say how to provision it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +17,6 @@ import pytest
 import yaml
 from aibox_router.cost import SqliteLedger
 from mcp import Client, StdioServerParameters
-
-from tests.support import local_model
-
-
-@pytest.fixture(scope="module")
-def llama_url() -> Iterator[str]:
-    if os.environ.get(local_model.SKIP_ENV) == "1":
-        pytest.skip(f"{local_model.SKIP_ENV}=1")
-    try:
-        url, process = local_model.start_llama_server()
-    except local_model.LocalModelMissing as e:
-        pytest.fail(str(e))
-    yield url
-    local_model.stop_llama_server(process)
 
 
 @pytest.fixture(scope="module")

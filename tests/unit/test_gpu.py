@@ -4,17 +4,10 @@ expressions over GPU features, the Prometheus collector and the energy-cost arit
 from __future__ import annotations
 
 import inspect
-import sys
 from decimal import Decimal
-from pathlib import Path
 
 import pynvml
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.doubles` without a conftest
-
 from aibox_router.config import GpuConfig, parse_config
 from aibox_router.features import Features
 from aibox_router.gpu import (
@@ -25,6 +18,8 @@ from aibox_router.gpu import (
     energy_cost_usd,
 )
 from aibox_router.rules import RuleEngine
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.doubles import fake_nvml
 from tests.doubles.fake_nvml import FakeNvml
