@@ -272,6 +272,9 @@ class GpuCollector:
     def __init__(self, source: GpuMonitor | Callable[[], GpuMonitor | None] | None):
         self._source = source
 
+    def set_source(self, source: GpuMonitor | Callable[[], GpuMonitor | None] | None) -> None:
+        self._source = source
+
     def _monitor(self) -> GpuMonitor | None:
         if self._source is None or isinstance(self._source, GpuMonitor):
             return self._source
@@ -282,7 +285,7 @@ class GpuCollector:
 
     def collect(self) -> Iterator[Any]:
         monitor = self._monitor()
-        snap = monitor.snapshot() if monitor is not None else None
+        snap = monitor.snapshot() if monitor is not None else GpuSnapshot(ts=time.time(), reason="disabled")
         return iter(self._families(snap))
 
     @staticmethod
@@ -317,11 +320,23 @@ class GpuCollector:
         return [available, *fams.values()]
 
 
+_REGISTERED: GpuCollector | None = None
+
+
 def register_metrics(source: GpuMonitor | Callable[[], GpuMonitor | None] | None) -> bool:
-    """Register a GpuCollector with the router's metrics registry; False when metrics.py is absent."""
+    """Export GPU gauges on the router's ``/metrics`` (``metrics.register_collector``).
+
+    Safe to call again (each server start, each test app): the collector is registered once per
+    process and later calls only point it at the new *source*. False when metrics.py is absent.
+    """
+    global _REGISTERED
     try:
         from .metrics import register_collector
     except ImportError:
         return False
-    register_collector(GpuCollector(source))
+    if _REGISTERED is None:
+        _REGISTERED = GpuCollector(source)
+        register_collector(_REGISTERED)
+    else:
+        _REGISTERED.set_source(source)
     return True

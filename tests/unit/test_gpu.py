@@ -259,7 +259,8 @@ def test_prometheus_collector_exports_every_gauge():
 
 def test_prometheus_collector_without_gpu():
     registry = CollectorRegistry()
-    registry.register(GpuCollector(None))
+    registry.register(GpuCollector(None))  # monitoring disabled
+    assert "gpu_available 0.0" in generate_latest(registry).decode()
     registry2 = CollectorRegistry()
     mon, _ = monitor(FakeNvml(devices=[]))
     registry2.register(GpuCollector(mon))
@@ -272,3 +273,18 @@ def test_energy_cost_usd():
     assert energy_cost_usd(1800.0, 0.25) == Decimal("0.000125")
     assert energy_cost_usd(None, 0.30) == 0
     assert energy_cost_usd(500.0, 0.0) == 0
+
+
+def test_register_metrics_on_the_router_registry_is_idempotent():
+    from aibox_router import metrics
+    from aibox_router.gpu import register_metrics
+
+    first, _ = monitor(FakeNvml.h100())
+    assert register_metrics(lambda: first)
+    assert "gpu_power_watts{" in metrics.render()[0].decode()
+    second, _ = monitor(FakeNvml(devices=[]))
+    assert register_metrics(lambda: second)  # a second server start: no duplicate-timeseries error
+    text = metrics.render()[0].decode()
+    assert "gpu_available 0.0" in text and "gpu_power_watts{" not in text
+    assert register_metrics(None)  # GPU monitoring off
+    assert "gpu_available 0.0" in metrics.render()[0].decode()
