@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .internal import Request
@@ -85,7 +85,8 @@ class Features:
     gpu: dict[str, float] = field(default_factory=dict)
 
     def as_namespace(self) -> dict[str, Any]:
-        ns = asdict(self)
+        # A shallow copy: dataclasses.asdict deep-copies and cost ~0.1 ms per request.
+        ns = dict(self.__dict__)
         ns.update(ns.pop("gpu"))
         return ns
 

@@ -133,9 +133,10 @@ class _Call:
         rec.ttft_ms = (self.first_token - self.started) * 1000 if self.first_token else None
         rec.status, rec.http_status, rec.error = status, http_status, error[:500]
         if self._energy0 is not None and self.runtime.gpu is not None:
-            energy1 = self.runtime.gpu.energy_joules()
-            if energy1 is not None:
-                rec.energy_j = max(0.0, energy1 - self._energy0)
+            from .gpu import energy_between
+
+            # None when the counter is unreadable or went backwards (driver reload): unknown, not 0 J.
+            rec.energy_j = energy_between(self._energy0, self.runtime.gpu.energy_joules())
         try:
             await self.runtime.accounting.settle(self.reservation, rec)
         except Exception:  # the answer was served; a ledger failure is logged loudly, not turned into a 500

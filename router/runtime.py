@@ -74,6 +74,8 @@ class Runtime:
         except TimeoutError:
             log.warning("shutting down with alerts still being retried")
         self.accounting.close()
+        if self.gpu is not None:
+            self.gpu.close()
 
 
 def _make_backends(config: RouterConfig) -> dict[str, Backend]:

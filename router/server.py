@@ -231,6 +231,9 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.start()
+        from .gpu import register_metrics
+
+        register_metrics(lambda: state.runtime.gpu if state.runtime is not None else None)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(state.reload()))
