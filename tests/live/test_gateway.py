@@ -339,3 +339,38 @@ def test_sighup_reload_bad_config_rejected_good_config_applied_streams_survive(r
         router.config_path.write_text(yaml.safe_dump(original))
         router.reload()
     assert result.get("text") == "x" * 4000
+
+
+def ledger_rows(router) -> list[dict]:
+    import sqlite3
+
+    conn = sqlite3.connect(router.workdir / "state" / "ledger.sqlite3")
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def test_client_abort_mid_stream_is_recorded_with_usage_seen_so_far(router):
+    before = len(ledger_rows(router))
+    with httpx.stream("POST", f"{router.url}/v1/messages", headers={"x-api-key": CLIENT_KEY}, timeout=60,
+                      json={"model": "claude-haiku-4-5", "max_tokens": 2000, "stream": True,
+                            "messages": [{"role": "user", "content": "Write a very long story about a robot."}]}
+                      ) as response:
+        assert response.headers["x-aibox-backend"] == "llama"
+        received = b""
+        for chunk in response.iter_bytes():
+            received += chunk
+            if received.count(b"content_block_delta") >= 5:
+                break  # the client hangs up mid-answer
+    for _ in range(100):
+        rows = ledger_rows(router)[before:]
+        if rows:
+            break
+        time.sleep(0.05)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["status"] == "aborted" and row["backend"] == "llama" and row["stream"] == 1
+    assert row["output_tokens"] >= 1 and row["usage_estimated"] == 1  # llama.cpp sends no usage when streaming
+    assert row["ttft_ms"] is not None and row["latency_ms"] >= row["ttft_ms"]
