@@ -8,11 +8,19 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
+import msgspec
 from httpx_aiohttp import AiohttpTransport
 
 from ..config import BackendConfig, TargetConfig
 from ..errors import UpstreamStatusError
 from ..internal import CallContext, Message, Request, StreamEvent
+
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+def encode_json(value: object) -> bytes:
+    """msgspec's encoder: several times faster than json.dumps on Claude Code's 100 KB requests."""
+    return msgspec.json.encode(value)
 
 
 class BackendUnavailable(Exception):

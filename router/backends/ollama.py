@@ -13,11 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import msgspec
 
 from ..config import TargetConfig
 from ..errors import UpstreamError, UpstreamStatusError
 from ..internal import CallContext, Message, Request, StreamEvent, observe_event
-from .base import Backend, BackendUnavailable, connection_failure, raise_for_upstream
+from .base import (
+    JSON_HEADERS,
+    Backend,
+    BackendUnavailable,
+    connection_failure,
+    encode_json,
+    raise_for_upstream,
+)
 from .openai import (
     estimate_prompt_tokens,
     finish_usage,
@@ -137,7 +145,7 @@ def from_ollama_response(data: dict[str, Any], request: Request, ctx: CallContex
         content.append({"type": "text", "text": msg["content"]})
     calls = msg.get("tool_calls") or []
     content += [_tool_use(c) for c in calls]
-    out_chars = len(msg.get("content") or "") + sum(len(json.dumps(b["input"])) for b in content
+    out_chars = len(msg.get("content") or "") + sum(len(encode_json(b["input"])) for b in content
                                                     if b["type"] == "tool_use")
     usage = finish_usage(ctx, request, *_counts(data), out_chars)
     message = message_skeleton(new_message_id(), str(request.get("model") or data.get("model") or ""), 0)
@@ -244,9 +252,9 @@ class OllamaBackend(Backend):
     async def complete(self, request: Request, target: TargetConfig, ctx: CallContext) -> Message:
         body = to_ollama_request(request, target, stream=False)
         try:
-            response = await self.client.post("/api/chat", json=body)
+            response = await self.client.post("/api/chat", content=encode_json(body), headers=JSON_HEADERS)
             await self._check(response)
-            data = response.json()
+            data = msgspec.json.decode(response.content)
         except httpx.HTTPError as e:
             raise connection_failure(self.name, e) from e
         except ValueError as e:
@@ -260,12 +268,12 @@ class OllamaBackend(Backend):
         translator = _StreamTranslator(request, ctx)
         started = done = False
         try:
-            async with self.client.stream("POST", "/api/chat", json=body) as response:
+            async with self.client.stream("POST", "/api/chat", content=encode_json(body), headers=JSON_HEADERS) as response:
                 await self._check(response)
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
-                    chunk = json.loads(line)
+                    chunk = msgspec.json.decode(line)
                     if chunk.get("error"):
                         raise _ollama_error(self.name, None, str(chunk["error"]), started)
                     # message_start waits for the first object: an error before it can still fall back.
@@ -293,7 +301,7 @@ class OllamaBackend(Backend):
         try:
             response = await self.client.get(path)
             await raise_for_upstream(self.name, response)
-            return response.json()
+            return msgspec.json.decode(response.content)
         except httpx.HTTPError as e:
             raise connection_failure(self.name, e) from e
         except ValueError as e:

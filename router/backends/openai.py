@@ -14,11 +14,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import msgspec
 
 from ..config import TargetConfig
 from ..errors import UpstreamError, UpstreamStatusError
 from ..internal import CallContext, Message, Request, StreamEvent, observe_event
-from .base import Backend, BackendUnavailable, connection_failure, raise_for_upstream
+from .base import (
+    JSON_HEADERS,
+    Backend,
+    BackendUnavailable,
+    connection_failure,
+    encode_json,
+    raise_for_upstream,
+)
 
 CHARS_PER_TOKEN = 4  # rough, but the usual rule of thumb for English text and code
 
@@ -131,10 +139,10 @@ def estimate_prompt_tokens(request: Request) -> int:
             if block.get("type") == "text":
                 chars += len(block.get("text", ""))
             elif block.get("type") == "tool_use":
-                chars += len(json.dumps(block.get("input") or {})) + len(block.get("name", ""))
+                chars += len(encode_json(block.get("input") or {})) + len(block.get("name", ""))
             elif block.get("type") == "tool_result":
                 chars += len(tool_result_text(block))
-    chars += len(json.dumps(request.get("tools"))) if request.get("tools") else 0
+    chars += len(encode_json(request.get("tools"))) if request.get("tools") else 0
     return estimate_tokens(chars)
 
 
@@ -437,14 +445,14 @@ def _stream_error(backend: str, error: Any, started: bool) -> Exception:
 class OpenAIBackend(Backend):
     def _headers(self) -> dict[str, str]:
         key = self.api_key()
-        return {"authorization": f"Bearer {key}"} if key else {}
+        return {**JSON_HEADERS, "authorization": f"Bearer {key}"} if key else JSON_HEADERS
 
     async def complete(self, request: Request, target: TargetConfig, ctx: CallContext) -> Message:
         body = to_openai_request(request, target, stream=False)
         try:
-            response = await self.client.post("/chat/completions", json=body, headers=self._headers())
+            response = await self.client.post("/chat/completions", content=encode_json(body), headers=self._headers())
             await raise_for_upstream(self.name, response)
-            data = response.json()
+            data = msgspec.json.decode(response.content)
         except httpx.HTTPError as e:
             raise connection_failure(self.name, e) from e
         except ValueError as e:
@@ -459,7 +467,7 @@ class OpenAIBackend(Backend):
         translator = _StreamTranslator(request, ctx)
         started = done = False
         try:
-            async with self.client.stream("POST", "/chat/completions", json=body,
+            async with self.client.stream("POST", "/chat/completions", content=encode_json(body),
                                           headers=self._headers()) as response:
                 await raise_for_upstream(self.name, response)
                 ctx.upstream_request_id = response.headers.get("x-request-id")
@@ -467,7 +475,7 @@ class OpenAIBackend(Backend):
                     if data.strip() == "[DONE]":
                         done = True
                         break
-                    chunk = json.loads(data)
+                    chunk = msgspec.json.decode(data)
                     if chunk.get("error"):
                         raise _stream_error(self.name, chunk["error"], started)
                     # message_start waits for the first chunk: an error before it can still fall back.
@@ -504,7 +512,7 @@ class OpenAIBackend(Backend):
         try:
             response = await self.client.get("/models", headers=self._headers())
             await raise_for_upstream(self.name, response)
-            data = response.json()
+            data = msgspec.json.decode(response.content)
         except httpx.HTTPError as e:
             raise connection_failure(self.name, e) from e
         except ValueError as e:
