@@ -40,7 +40,8 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
         internal = anthropic_api.parse_request(body) if protocol == "anthropic" else openai_api.parse_request(body)[0]
     except RouterError as e:
         raise click.ClickException(f"invalid request body: {e.message}") from None
-    runtime = _DryRuntime(config, RuleEngine(config, lambda rule: 0))
+    count_today, counts_note = _rule_counts(config)
+    runtime = _DryRuntime(config, RuleEngine(config, count_today))
     plan = pipeline.plan_request(runtime, internal, client=client, protocol=protocol, body_size=len(body),
                                  override=override)
     result = pipeline.explain(plan, runtime)
@@ -58,8 +59,25 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
         label = "answers" if i == 0 else f"fallback {i}"
         cloud = " (cloud, budget permitting)" if step["cloud"] else ""
         click.echo(f"  {label}: target {step['target']} -> backend {step['backend']} model {step['model']}{cloud}")
-    click.echo("note: daily_limit counts are not read in a dry run (assumed 0 used today)", err=True)
+    click.echo(f"note: {counts_note}", err=True)
     sys.stdout.flush()
+
+
+def _rule_counts(config):
+    """Today's per-rule request counts from the ledger, read-only; zeros when there is no ledger."""
+    import time
+    from zoneinfo import ZoneInfo
+
+    from ..cost import SqliteLedger, day_of
+
+    try:
+        store = SqliteLedger.in_state_dir(config.server.state_dir, create=False)
+    except (FileNotFoundError, OSError) as e:
+        return (lambda rule: 0), f"daily_limit counts assumed 0: no readable ledger ({e})"
+    day = day_of(time.time(), ZoneInfo(config.budgets.timezone))
+    counts = dict(store.day_totals(day).rule_counts)
+    store.close()
+    return (lambda rule: counts.get(rule, 0)), f"daily_limit counts read from the ledger for {day}"
 
 
 class _DryRuntime:

@@ -1,0 +1,80 @@
+"""`aibox-router route explain` and `config check` as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import yaml
+from click.testing import CliRunner
+
+from aibox_router.accounting import RequestRecord
+from aibox_router.cli import main
+from aibox_router.cli.common import default_config_path
+from aibox_router.cost import LedgerRow, SqliteLedger, day_of
+
+PATTERN_REQUEST = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "messages": [
+    {"role": "user", "content": "Find all similar patterns across the logs"}]})
+
+
+def write_config(tmp_path: Path) -> Path:
+    data = yaml.safe_load(Path(default_config_path()).read_text())
+    data["server"]["state_dir"] = str(tmp_path / "state")
+    path = tmp_path / "router.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_explain_prints_each_rule_verdict_and_the_chain(tmp_path):
+    cfg = write_config(tmp_path)
+    result = CliRunner().invoke(main, ["route", "explain", "-c", str(cfg)], input=PATTERN_REQUEST)
+    assert result.exit_code == 0, result.output
+    assert "task=pattern_recognition" in result.output
+    assert "MATCH hard-to-cloud" in result.output
+    assert "answers: target claude -> backend cloud model claude-sonnet-4-6 (cloud, budget permitting)" in result.output
+    assert "fallback 1: target general" in result.output
+    assert not (tmp_path / "state").exists()  # a dry run creates nothing
+
+
+def test_explain_reads_daily_limit_counts_from_the_ledger(tmp_path):
+    cfg = write_config(tmp_path)
+    store = SqliteLedger.in_state_dir(tmp_path / "state")
+    day = day_of(time.time(), ZoneInfo("UTC"))
+    for _ in range(20):
+        record = RequestRecord(ts=time.time(), client="c", rule="hard-to-cloud", target="claude", backend="cloud",
+                               model="claude-sonnet-4-6", protocol="anthropic", stream=False, cloud=True)
+        store.insert(LedgerRow.from_record(record, day=day, cost_usd=record.cost_usd))
+    store.close()
+    result = CliRunner().invoke(main, ["route", "explain", "-c", str(cfg), "--json"], input=PATTERN_REQUEST)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["decision"]["rule"] != "hard-to-cloud"
+    assert any("daily_limit reached (20/20)" in r["note"] for r in out["rules"])
+
+
+def test_explain_rejects_a_bad_body_with_the_field(tmp_path):
+    result = CliRunner().invoke(main, ["route", "explain", "-c", str(write_config(tmp_path))],
+                                input='{"model": "m", "messages": "nope", "max_tokens": 5}')
+    assert result.exit_code != 0 and "invalid request body" in result.output and "messages" in result.output
+
+
+def test_openai_bodies_can_be_explained(tmp_path):
+    body = json.dumps({"model": "coder", "messages": [{"role": "user", "content": "hi"}]})
+    result = CliRunner().invoke(main, ["route", "explain", "--protocol", "openai", "-c",
+                                       str(write_config(tmp_path))], input=body)
+    assert result.exit_code == 0 and "answers: target coder" in result.output
+
+
+def test_config_check_ok_and_error_exit_codes(tmp_path):
+    good = write_config(tmp_path)
+    ok = CliRunner().invoke(main, ["config", "check", str(good)])
+    assert ok.exit_code == 0 and "OK" in ok.output
+    bad = tmp_path / "bad.yml"
+    data = yaml.safe_load(good.read_text())
+    data["rules"][0]["target"] = "nowhere"
+    bad.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["config", "check", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}: rules[0].target: unknown target 'nowhere'" in result.output
