@@ -34,7 +34,7 @@ from httpx_aiohttp import AiohttpTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.support.router_process import free_port  # noqa: E402
+from tests.support.router_process import free_port
 
 CLIENT_KEY = "bench-client-key-0123456789abcdef"
 TICKS = os.sysconf("SC_CLK_TCK")

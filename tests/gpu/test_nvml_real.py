@@ -10,9 +10,10 @@ import time
 
 import pynvml
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
 from aibox_router.config import GpuConfig
 from aibox_router.gpu import FEATURE_NAMES, GpuCollector, GpuMonitor, energy_between
-from prometheus_client import CollectorRegistry, generate_latest
 
 
 def _gpu_count() -> tuple[int, str]:

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pytest
+
 from aibox_router.backends.openai import OpenAIBackend
 from aibox_router.config import BackendConfig, TargetConfig
 from aibox_router.internal import CallContext

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
-from aibox_router.cost import SqliteLedger
 from mcp import Client, StdioServerParameters
+
+from aibox_router.cost import SqliteLedger
 
 
 @pytest.fixture(scope="module")

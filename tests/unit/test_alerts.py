@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
 from aibox_router.accounting import RequestRecord
 from aibox_router.config import AlertsConfig, EmailAlertConfig, WebhookAlertConfig, parse_config
 from aibox_router.cost import CostControl
 from aibox_router.cost.alerts import Alerter, threshold_alert
 from aibox_router.internal import Usage
 from aibox_router.metrics import Metrics
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
 SECRET_PASSWORD = "s3cret-pw-do-not-log"
 SECRET_TOKEN = "hook-token-do-not-log"

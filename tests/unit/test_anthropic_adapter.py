@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from aibox_router import sse
 from aibox_router.api import anthropic as adapter
 from aibox_router.errors import (

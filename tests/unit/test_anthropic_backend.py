@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import anthropic
 import httpx
 import pytest
+
 from aibox_router.api.anthropic import accumulate
 from aibox_router.backends import create_backend
 from aibox_router.backends.anthropic import AnthropicBackend
@@ -16,7 +17,6 @@ from aibox_router.backends.base import BackendUnavailable
 from aibox_router.config import BackendConfig, TargetConfig
 from aibox_router.errors import UpstreamStatusError
 from aibox_router.internal import CallContext
-
 from tests.doubles.fake_anthropic import MODELS, FakeAnthropic, Reply
 
 KEY_ENV = "AIBOX_TEST_ANTHROPIC_KEY"

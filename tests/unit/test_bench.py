@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from aibox_router.bench import report
 from aibox_router.bench.checks import extract_python, parse_check, run_python_tests
 from aibox_router.bench.runner import BenchRun, local_targets

@@ -11,6 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from aibox_router.accounting import RequestRecord
 from aibox_router.config import AlertsConfig, RouterConfig, parse_config
 from aibox_router.cost import CostControl, SqliteLedger

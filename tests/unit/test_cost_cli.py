@@ -14,11 +14,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
+from click.testing import CliRunner
+
 from aibox_router.cli import main
 from aibox_router.config import load_config
 from aibox_router.cost import CostControl, LedgerRow, SqliteLedger, day_of
 from aibox_router.metrics import Metrics
-from click.testing import CliRunner
 
 TZ = "Asia/Tokyo"
 

@@ -8,6 +8,9 @@ from decimal import Decimal
 
 import pynvml
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
 from aibox_router.config import GpuConfig, parse_config
 from aibox_router.features import Features
 from aibox_router.gpu import (
@@ -18,9 +21,6 @@ from aibox_router.gpu import (
     energy_cost_usd,
 )
 from aibox_router.rules import RuleEngine
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.doubles import fake_nvml
 from tests.doubles.fake_nvml import FakeNvml
 

@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
 from aibox_router.cost.ledger import SCHEMA_VERSION, CutoffState, LedgerRow, LedgerSchemaError, SqliteLedger
 
 

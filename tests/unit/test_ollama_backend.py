@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from aibox_router.backends import create_backend
 from aibox_router.backends.base import BackendUnavailable
 from aibox_router.backends.ollama import OllamaBackend, to_ollama_request
 from aibox_router.config import BackendConfig, TargetConfig
 from aibox_router.errors import UpstreamError, UpstreamStatusError
 from aibox_router.internal import CallContext
-
 from tests.doubles.fake_ollama import FakeOllama, Reply, absent_url
 
 MODEL = "qwen2.5-coder:7b"

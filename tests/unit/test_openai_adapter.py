@@ -14,6 +14,7 @@ import httpx
 import msgspec
 import openai
 import pytest
+
 from aibox_router.api import openai as api
 from aibox_router.backends import openai as backend_mod
 from aibox_router.backends.base import BackendUnavailable

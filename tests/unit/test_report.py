@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from aibox_router.config import RouterConfig, parse_config
 from aibox_router.cost.chart import write_chart
 from aibox_router.cost.ledger import LedgerRow, SqliteLedger

@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import yaml
-from aibox_router.cli import main
-from aibox_router.cost import CutoffState, LedgerRow, SqliteLedger, day_of
 from click.testing import CliRunner
 
+from aibox_router.cli import main
+from aibox_router.cost import CutoffState, LedgerRow, SqliteLedger, day_of
 from tests.doubles.fake_ollama import FakeOllama, absent_url
 
 
