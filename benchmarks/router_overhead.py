@@ -99,7 +99,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30) -> float
 
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def sequential(url: str, body: bytes, headers: dict, n: int, stream: bool) -> list[float]:

@@ -274,10 +274,10 @@ def _cross_check(cfg: RouterConfig) -> list[str]:
             problems.append(f"clients[{i}].key: client {client.name!r} has a key shorter than 16 characters")
     b = cfg.budgets
     try:
-        from zoneinfo import ZoneInfo
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         ZoneInfo(b.timezone)
-    except Exception:
+    except (ZoneInfoNotFoundError, ValueError):
         problems.append(f"budgets.timezone: unknown time zone {b.timezone!r}; expected an IANA name "
                         "such as 'Europe/Berlin' or 'UTC'")
     if not (0 <= b.alert_threshold <= b.daily_budget <= b.emergency_cutoff):

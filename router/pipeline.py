@@ -274,8 +274,8 @@ async def _relay(call: _Call, first: StreamEvent, upstream: AsyncIterator[Stream
         if closer is not None:
             try:
                 await closer()
-            except Exception:
-                pass
+            except Exception as e:  # noqa: BLE001 - the stream is over either way; settle must still run
+                log.debug("closing the upstream stream of %s: %s", call.target_name, e)
         await asyncio.shield(call.settle(status, http_status, error))
 
 

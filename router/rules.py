@@ -42,7 +42,7 @@ def expression_error(expr: str) -> str | None:
         return f"unknown name in {expr!r}: {e.message}; known features: {', '.join(sorted(_SAMPLE))}"
     except SecurityError as e:
         return f"expression {expr!r} is not allowed: {e}"
-    except Exception as e:  # type errors such as comparing str and int
+    except Exception as e:  # noqa: BLE001 - type errors such as comparing str and int
         return f"expression {expr!r} fails on a sample request: {type(e).__name__}: {e}"
     return None
 
@@ -86,7 +86,7 @@ class RuleEngine:
         for rule, condition in self._compiled:
             try:
                 matched = bool(condition(**namespace))
-            except Exception as e:  # a rule must never take the router down; treat as not matching
+            except Exception as e:  # noqa: BLE001 - a rule must never take the router down: not matching
                 trace.append(RuleTrace(rule.name, False, f"error evaluating: {type(e).__name__}: {e}"))
                 continue
             if not matched:

@@ -158,9 +158,9 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
                     internal, options = openai_api.parse_request(body)
                     include_usage = options.include_usage
                 requested_model = str(internal.get("model") or "")
-                kwargs: dict[str, Any] = dict(client=client, protocol=protocol, body_size=len(body),
-                                              forward_headers=_forward_headers(request),
-                                              override=_override(request, runtime))
+                kwargs: dict[str, Any] = {"client": client, "protocol": protocol, "body_size": len(body),
+                                          "forward_headers": _forward_headers(request),
+                                          "override": _override(request, runtime)}
                 if internal.get("stream"):
                     outcome = await pipeline.open_stream(runtime, internal, **kwargs)
                 else:
@@ -263,7 +263,7 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
 async def _probe(backend: Any) -> tuple[bool, str]:
     try:
         return await asyncio.wait_for(backend.health(), timeout=5)
-    except Exception as e:  # readiness reports, it does not fail
+    except Exception as e:  # noqa: BLE001 - readiness reports, it does not fail
         return False, f"{type(e).__name__}: {e}"
 
 
@@ -279,7 +279,7 @@ async def _count_tokens(runtime: Runtime, internal: dict[str, Any], body_size: i
     try:
         exact = await backend.count_tokens({**internal, "model": target.model},
                                            CallContext(forward_headers=forward_headers))
-    except Exception as e:  # counting is advisory; fall back to the estimate
+    except Exception as e:  # noqa: BLE001 - counting is advisory; fall back to the estimate
         log.info("count_tokens via %s failed (%s); using the estimate", target.backend, e)
         exact = None
     return exact if exact is not None else plan.features.input_tokens

@@ -47,7 +47,7 @@ def ollama():
 
 def cli(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "aibox_router", *args, "-c", str(router.config_path)],
-                          capture_output=True, text=True, timeout=60, env=router.env)
+                          check=False, capture_output=True, text=True, timeout=60, env=router.env)
 
 
 def ask(url: str, target: str | None = None) -> httpx.Response:

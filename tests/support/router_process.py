@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import yaml
@@ -80,7 +80,7 @@ class RouterProcess:
                 self.proc.kill()
                 self.proc.wait()
 
-    def __enter__(self) -> RouterProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
