@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from .. import sse
 from ..config import TargetConfig
 from ..errors import UpstreamError, UpstreamStatusError
 from ..internal import CallContext, Message, Request, StreamEvent, observe_event
@@ -418,17 +419,9 @@ class _StreamTranslator:
 
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The data of each server-sent event (multi-line data joined, comments and other fields skipped)."""
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    if data:
-        yield "\n".join(data)
+    """The data of each server-sent event, parsed by the router's one SSE decoder."""
+    async for event in sse.aiter_sse(response.aiter_bytes()):
+        yield event.data
 
 
 def _stream_error(backend: str, error: Any, started: bool) -> Exception:
