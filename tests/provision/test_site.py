@@ -1,0 +1,240 @@
+"""Converge site.yml on a real systemd test host and check the result.
+
+    pytest -m provision tests/provision/test_site.py -s      # -s: watch ansible's output live
+
+Boots `aibox-prov` (systemd-nspawn, 10.231.90.0/30) through tests/support/testhost.py, serves the
+Ollama TEST STAND-IN release and the router's dependency wheels to it over HTTP from the host side
+of the veth, then: converge, converge again (changed=0), the testinfra suite tests/infra, and a
+budget change through playbooks/budgets.yml that must reach the running router by a reload.
+Ansible's output also goes to .cache/provision-logs/. Needs root and a network path to a Python
+package index from this machine (pip download of the router's dependencies, cached).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.doubles.ollama_standin.build import build as build_standin
+from tests.support.testhost import TestHost
+
+pytestmark = pytest.mark.provision
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+NAME = "aibox-prov"
+NET = "10.231.90.0/30"
+HOST_SIDE_IP = "10.231.90.1"
+VARS_FILE = REPO / "tests" / "provision" / "testhost-vars.yml"
+CACHE = REPO / ".cache"
+LOG_DIR = CACHE / "provision-logs"
+WHEEL_CACHE = CACHE / "provision-wheels"
+
+
+def _say(msg: str) -> None:
+    print(f"[provision] {msg}", file=sys.__stderr__, flush=True)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # ansible-inventory for testinfra
+    env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _stream(cmd: list[str], log_name: str, timeout: float) -> tuple[int, str, float]:
+    """Run cmd, echo its output live to the terminal and a log file; return (rc, output, seconds)."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / log_name
+    _say(f"$ {' '.join(cmd)}   (log: {log_path})")
+    start = time.monotonic()
+    out: list[str] = []
+    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as proc:
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.append(line)
+                log.write(line)
+                log.flush()
+                sys.__stderr__.write(line)
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+    return rc, "".join(out), time.monotonic() - start
+
+
+def parse_recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP lines -> {host: {"ok": n, "changed": n, "failed": n, ...}}."""
+    recap: dict[str, dict[str, int]] = {}
+    section = output.rsplit("PLAY RECAP", 1)[-1] if "PLAY RECAP" in output else ""
+    for line in section.splitlines():
+        m = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
+        if m:
+            recap[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return recap
+
+
+def _free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def source_snapshot(tmp_path_factory) -> Path:
+    """The router sources as of test start: others may edit router/ while the test runs."""
+    snap = tmp_path_factory.mktemp("router-src")
+    shutil.copy2(REPO / "pyproject.toml", snap / "pyproject.toml")
+    shutil.copytree(REPO / "router", snap / "router", ignore=shutil.ignore_patterns("__pycache__"))
+    return snap
+
+
+@pytest.fixture(scope="module")
+def http_root(tmp_path_factory, source_snapshot) -> Path:
+    """ollama/ (stand-in release) and wheels/ (the router's dependencies) for the test host."""
+    root = tmp_path_factory.mktemp("provision-http")
+    build_standin(root / "ollama", version="0.0.0-standin")
+    wheel_dir = tmp_path_factory.mktemp("router-wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir),
+                    str(source_snapshot)], check=True, env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"})
+    (wheel,) = wheel_dir.glob("aibox_router-*.whl")
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    _say("downloading the router's dependencies (cached in .cache/provision-wheels) ...")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEEL_CACHE), str(wheel)],
+                   check=True)
+    wheels = root / "wheels"
+    wheels.mkdir()
+    for f in WHEEL_CACHE.iterdir():
+        if f.suffix in (".whl", ".gz", ".zip") and not f.name.startswith("aibox_router-"):
+            os.link(f, wheels / f.name) if f.stat().st_dev == wheels.stat().st_dev else shutil.copy2(f, wheels)
+    return root
+
+
+@pytest.fixture(scope="module")
+def testhost():
+    host = TestHost(name=NAME, net=NET)
+    host.up()
+    try:
+        yield host
+    finally:
+        host.down()
+
+
+@pytest.fixture(scope="module")
+def http_url(testhost, http_root):
+    """A static HTTP server on the host side of the test host's veth (only the container reaches it)."""
+    port = _free_port(HOST_SIDE_IP)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(http_root))
+    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer((HOST_SIDE_IP, port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{HOST_SIDE_IP}:{port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def playbook(testhost, http_url, source_snapshot):
+    def run(name: str, log_name: str, extra: dict | None = None, timeout: float = 1800):
+        cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(testhost.inventory), name,
+               "-e", f"@{VARS_FILE}",
+               "-e", json.dumps({"aibox_test_http": http_url, "router_source_dir": str(source_snapshot),
+                                 **(extra or {})})]
+        return _stream(cmd, log_name, timeout)
+    return run
+
+
+@pytest.fixture(scope="module")
+def converged(playbook):
+    rc, out, secs = playbook("site.yml", "converge-1.log")
+    _say(f"first converge: rc={rc} in {secs:.0f}s; recap {parse_recap(out)}")
+    return rc, out, secs
+
+
+# -- tests ------------------------------------------------------------------------------------------
+
+def test_parse_recap():
+    out = "PLAY RECAP ****\naibox : ok=72   changed=0    unreachable=0    failed=0    skipped=3\n"
+    assert parse_recap(out) == {"aibox": {"ok": 72, "changed": 0, "unreachable": 0, "failed": 0, "skipped": 3}}
+
+
+def test_converge(converged):
+    rc, out, _ = converged
+    recap = parse_recap(out)
+    assert rc == 0, "site.yml failed; see .cache/provision-logs/converge-1.log"
+    assert recap["aibox"]["failed"] == 0 and recap["aibox"]["unreachable"] == 0
+
+
+def test_second_converge_changes_nothing(converged, playbook):
+    assert converged[0] == 0, "first converge failed"
+    rc, out, secs = playbook("site.yml", "converge-2.log")
+    recap = parse_recap(out)
+    _say(f"second converge: rc={rc} in {secs:.0f}s; recap {recap}")
+    assert rc == 0
+    changed = [line for line in out.splitlines() if line.startswith("changed:")]
+    assert recap["aibox"]["changed"] == 0, f"not idempotent: {changed}"
+
+
+def test_infra_suite(converged, testhost):
+    assert converged[0] == 0, "first converge failed"
+    rc, out, _ = _stream([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
+                          str(REPO / "tests" / "infra"), "--hosts=ansible://aibox",
+                          f"--ansible-inventory={testhost.inventory}"], "testinfra.log", 600)
+    assert rc == 0, "testinfra suite failed; see .cache/provision-logs/testinfra.log"
+
+
+def test_budget_change_reloads_router(converged, playbook, testhost):
+    assert converged[0] == 0, "first converge failed"
+
+    def main_pid() -> str:
+        return testhost.run("systemctl show aibox-router -p MainPID --value", check=True).stdout.strip()
+
+    pid_before = main_pid()
+    since = testhost.run("date '+%Y-%m-%d %H:%M:%S'", check=True).stdout.strip()
+    new = {"budgets_daily_budget": 15.0, "budgets_alert_threshold": 12.5, "budgets_emergency_cutoff": 18.0}
+    rc, out, secs = playbook("playbooks/budgets.yml", "budgets.log", new, timeout=300)
+    assert rc == 0, "playbooks/budgets.yml failed; see .cache/provision-logs/budgets.log"
+    recap = parse_recap(out)["aibox"]
+    assert recap["changed"] >= 1
+
+    config = testhost.run("cat /etc/aibox-router/config.yml", check=True).stdout
+    assert re.search(r"^\s+daily_budget: 15\.0$", config, re.MULTILINE), config
+    assert re.search(r"^\s+emergency_cutoff: 18\.0$", config, re.MULTILINE), config
+
+    deadline = time.monotonic() + 10
+    journal = ""
+    while time.monotonic() < deadline:
+        journal = testhost.run(f"journalctl -u aibox-router --since '{since}' --no-pager -o cat").stdout
+        if "config reloaded" in journal:
+            break
+        time.sleep(0.5)
+    assert "config reloaded" in journal and "15.00" in journal, f"no reload in the journal:\n{journal}"
+    assert main_pid() == pid_before, "the router was restarted instead of reloaded"
+    _say(f"budgets.yml: {secs:.1f}s end to end, same MainPID {pid_before}, journal: "
+         f"{[ln for ln in journal.splitlines() if 'config reloaded' in ln]}")
+    assert secs < 60, f"budgets.yml took {secs:.0f}s"
+
+    show = testhost.run("/opt/aibox-router/venv/bin/aibox-router budget show -c /etc/aibox-router/config.yml")
+    if show.returncode == 0:
+        assert "15" in show.stdout, show.stdout
