@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .internal import Request
+from .internal import Request, text_of
 
 TASKS = ("code_generation", "debugging", "documentation", "explanation", "pattern_recognition",
          "planning", "general")
@@ -107,19 +107,11 @@ def resolve_alias(model: str, aliases: dict[str, str]) -> str | None:
     return None
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
-    return ""
-
-
 def last_user_text(request: Request) -> str:
     """Text of the last user turn that has any (tool-result-only turns are skipped)."""
     for message in reversed(request.get("messages") or []):
         if message.get("role") == "user":
-            text = _text_of(message.get("content"))
+            text = text_of(message.get("content"))
             if text.strip():
                 return text
     return ""

@@ -27,6 +27,15 @@ StreamEvent = dict[str, Any]
 STOP_REASONS = ("end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal")
 
 
+def text_of(content: Any) -> str:
+    """Text of a string or a list of content blocks (non-text blocks contribute nothing)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return ""
+
+
 @dataclass
 class Usage:
     """Token usage of one request, in Anthropic's terms."""

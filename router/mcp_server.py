@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import RouterConfig
 from .features import TASKS, extract_features
+from .internal import text_of
 from .rules import RouteDecision
 
 try:  # mcp >= 2
@@ -110,10 +111,6 @@ def plan_local(runtime: Any, request: dict[str, Any], task_type: str) -> Any:
     return Plan(features, decision, chain)
 
 
-def _text_of(message: dict[str, Any]) -> str:
-    return "".join(b.get("text", "") for b in message.get("content") or [] if b.get("type") == "text")
-
-
 async def ask_local(holder: RuntimeHolder, task_type: str, prompt: str, max_tokens: int = 1024) -> str:
     from . import pipeline
     from .errors import RouterError
@@ -132,7 +129,7 @@ async def ask_local(holder: RuntimeHolder, task_type: str, prompt: str, max_toke
         outcome = await pipeline.complete(runtime, request, client=MCP_CLIENT, protocol=MCP_PROTOCOL, plan=plan)
     except RouterError as e:
         raise ToolError(f"no local model could answer: {e.message}") from None
-    text = _text_of(outcome.message or {})
+    text = text_of((outcome.message or {}).get("content"))
     fallback = " (fallback)" if outcome.fallback else ""
     return (f"{text}\n\n---\nanswered by local model {outcome.model} (target {outcome.target}{fallback}, "
             f"backend {outcome.backend}; rule {plan.decision.rule})")

@@ -12,7 +12,7 @@ import msgspec
 from httpx_aiohttp import AiohttpTransport
 
 from ..config import BackendConfig, TargetConfig
-from ..errors import UpstreamStatusError
+from ..errors import UpstreamError, UpstreamStatusError
 from ..internal import CallContext, Message, Request, StreamEvent
 
 JSON_HEADERS = {"content-type": "application/json"}
@@ -96,6 +96,18 @@ async def raise_for_upstream(backend: str, response: httpx.Response) -> None:
     headers = {k: v for k, v in response.headers.items() if k.lower() in ("retry-after", "x-should-retry")}
     raise UpstreamStatusError(response.status_code, f"backend {backend!r} answered HTTP "
                               f"{response.status_code}: {text}", body=body, headers=headers)
+
+
+def stream_failure(backend: str, exc: Exception, started: bool) -> Exception:
+    """A transport or decode error while reading a stream. Before the first event the pipeline can
+    still fall back (BackendUnavailable); after it the client has seen part of an answer."""
+    if isinstance(exc, httpx.HTTPError):
+        if not started:
+            return connection_failure(backend, exc)
+        return UpstreamError(f"backend {backend!r} failed mid-stream: {type(exc).__name__}: {exc}")
+    if not started:
+        return BackendUnavailable(backend, f"stream is not valid JSON: {exc}")
+    return UpstreamError(f"backend {backend!r} sent a malformed chunk: {exc}")
 
 
 def connection_failure(backend: str, exc: httpx.HTTPError) -> BackendUnavailable:

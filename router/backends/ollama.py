@@ -25,6 +25,7 @@ from .base import (
     connection_failure,
     encode_json,
     raise_for_upstream,
+    stream_failure,
 )
 from .openai import (
     estimate_prompt_tokens,
@@ -284,14 +285,8 @@ class OllamaBackend(Backend):
                         yield event
                     if done:
                         break
-        except httpx.HTTPError as e:
-            if not started:
-                raise connection_failure(self.name, e) from e
-            raise UpstreamError(f"backend {self.name!r} failed mid-stream: {type(e).__name__}: {e}") from e
-        except json.JSONDecodeError as e:
-            if not started:
-                raise BackendUnavailable(self.name, f"stream is not NDJSON: {e}") from e
-            raise UpstreamError(f"backend {self.name!r} sent a malformed line: {e}") from e
+        except (httpx.HTTPError, msgspec.DecodeError) as e:
+            raise stream_failure(self.name, e, started) from e
         if not started:
             raise BackendUnavailable(self.name, "stream ended without any object")
         if not done:

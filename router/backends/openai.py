@@ -19,7 +19,7 @@ import msgspec
 from .. import sse
 from ..config import TargetConfig
 from ..errors import UpstreamError, UpstreamStatusError
-from ..internal import CallContext, Message, Request, StreamEvent, observe_event
+from ..internal import CallContext, Message, Request, StreamEvent, observe_event, text_of
 from .base import (
     JSON_HEADERS,
     Backend,
@@ -27,6 +27,7 @@ from .base import (
     connection_failure,
     encode_json,
     raise_for_upstream,
+    stream_failure,
 )
 
 CHARS_PER_TOKEN = 4  # rough, but the usual rule of thumb for English text and code
@@ -51,15 +52,6 @@ def new_tool_id() -> str:
 
 def new_message_id() -> str:
     return f"msg_{uuid.uuid4().hex[:24]}"
-
-
-def text_of(content: Any) -> str:
-    """Text of a string or a list of blocks (non-text blocks contribute nothing)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
-    return ""
 
 
 def system_texts(request: Request) -> list[str]:
@@ -477,14 +469,8 @@ class OpenAIBackend(Backend):
                     for event in events:
                         observe_event(ctx.usage, event)
                         yield event
-        except httpx.HTTPError as e:
-            if not started:
-                raise connection_failure(self.name, e) from e
-            raise UpstreamError(f"backend {self.name!r} failed mid-stream: {type(e).__name__}: {e}") from e
-        except json.JSONDecodeError as e:
-            if not started:
-                raise BackendUnavailable(self.name, f"stream is not JSON: {e}") from e
-            raise UpstreamError(f"backend {self.name!r} sent a malformed chunk: {e}") from e
+        except (httpx.HTTPError, msgspec.DecodeError) as e:
+            raise stream_failure(self.name, e, started) from e
         if not started:
             raise BackendUnavailable(self.name, "stream ended without any chunk")
         if not done and translator.finish_reason is None:

@@ -116,6 +116,8 @@ class Alerter:
         self.config = config
         self._env = env
         self._tasks: set[asyncio.Task[bool]] = set()
+        # Each channel delivers in order: "80% spent" must not arrive after "cutoff engaged".
+        self._last: dict[str, asyncio.Task[bool]] = {}
         _protect(config)
 
     def reload(self, config: AlertsConfig) -> None:
@@ -135,9 +137,17 @@ class Alerter:
         if self.config.webhook is not None:
             channels.append(("webhook", self._send_webhook, self.config.webhook))
         for name, fn, cfg in channels:
-            task = asyncio.get_running_loop().create_task(self._with_retries(name, fn, cfg, alert))
+            previous = self._last.get(name)
+            task = asyncio.get_running_loop().create_task(self._after(previous, name, fn, cfg, alert))
+            self._last[name] = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _after(self, previous: asyncio.Task[bool] | None, name: str,
+                     fn: Callable[[Any, Alert], Awaitable[None]], cfg: object, alert: Alert) -> bool:
+        if previous is not None and not previous.done():
+            await asyncio.gather(previous, return_exceptions=True)
+        return await self._with_retries(name, fn, cfg, alert)
 
     async def drain(self) -> None:
         """Wait until every scheduled alert was delivered or gave up (tests, shutdown)."""
