@@ -233,5 +233,10 @@ def test_cost_cron_entries(host):
     report = [j for j in jobs if "report" in j]
     assert cutoff and report, f"cron jobs missing in {CRON_FILE}:\n{cron.content_string}"
     for job in cutoff + report:
-        assert job[5] == "aibox-router", f"job runs as {job[5]}, expected aibox-router: {' '.join(job)}"
+        # Started by root through systemd-run, which drops to the service user with its secrets.
+        assert job[5] == "root" and job[6] == "systemd-run", " ".join(job)
+        assert "--uid=aibox-router" in job and "EnvironmentFile=-/etc/aibox-router/env" in job
         assert CONFIG in job
+    # The hourly job works as cron runs it: same command line, as root, exit 0 when all is well.
+    result = host.run(" ".join(cutoff[0][6:]))
+    assert result.rc == 0, f"cutoff check failed as cron runs it:\n{result.stdout}\n{result.stderr}"
