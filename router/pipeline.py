@@ -25,10 +25,6 @@ from .runtime import Runtime
 
 log = logging.getLogger("aibox_router.pipeline")
 
-# Keys a backend must never see: the router's own annotations on the internal request.
-_PRIVATE_PREFIX = "_aibox"
-
-
 @dataclass
 class Plan:
     features: Features
@@ -78,8 +74,7 @@ def plan_request(runtime: Runtime, request: Request, *, client: str, protocol: s
 
 
 def _prepare(request: Request, target: TargetConfig) -> Request:
-    body = {k: v for k, v in request.items() if not k.startswith(_PRIVATE_PREFIX)}
-    body["model"] = target.model
+    body = {**request, "model": target.model}
     if target.max_output_tokens and int(body.get("max_tokens") or 0) > target.max_output_tokens:
         body["max_tokens"] = target.max_output_tokens
     return body
@@ -112,9 +107,9 @@ class _Call:
         self._settled = False
 
     def observe(self, event: StreamEvent) -> None:
-        if self.first_token is None and event.get("type") == "content_block_delta":
-            self.first_token = time.perf_counter()
         if event.get("type") == "content_block_delta":
+            if self.first_token is None:
+                self.first_token = time.perf_counter()
             delta = event.get("delta") or {}
             self.output_chars += len(delta.get("text") or delta.get("partial_json") or delta.get("thinking") or "")
 
@@ -124,9 +119,9 @@ class _Call:
         self._settled = True
         rec = self.record
         rec.usage = self.ctx.usage
-        if status == "aborted" and rec.usage.output_tokens * 4 < self.output_chars:
+        if status == "aborted" and rec.usage.output_tokens < self.output_chars // 4:
             # The stream ended before the final usage event: count what the client received.
-            rec.usage.output_tokens = max(rec.usage.output_tokens, self.output_chars // 4)
+            rec.usage.output_tokens = self.output_chars // 4
             rec.usage.estimated = True
         now = time.perf_counter()
         rec.latency_ms = (now - self.started) * 1000
