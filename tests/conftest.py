@@ -11,7 +11,6 @@ import pytest
 from tests.doubles.fake_anthropic import FakeAnthropic
 from tests.support import local_model
 
-
 # Tests talk only to loopback and to the project's own test hosts (10.231.0.0/16, see scripts/testhost).
 # Anything else (the aibox at 192.168.10.88, the Anthropic API, download sites) must never be
 # contacted: this guard turns such an attempt inside the test process into an immediate failure.
