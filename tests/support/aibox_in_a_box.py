@@ -125,7 +125,8 @@ def up(name: str, net: str) -> int:
     ssh_config = host.ssh_config
     print(f"""
 The aibox in a box is up: Debian 12 with systemd at {host.ip}, site.yml converged.
-  router health:  scripts/testhost ssh --name {name} -- curl -s http://127.0.0.1:8088/ready
+  router status:  scripts/testhost ssh --name {name} -- runuser -u aibox-router -- \\
+                    /opt/aibox-router/venv/bin/aibox-router status -c /etc/aibox-router/config.yml
   use the router: ssh -F {ssh_config} -N -L 8088:127.0.0.1:8088 aibox &
                   export ANTHROPIC_BASE_URL=http://127.0.0.1:8088
                   export ANTHROPIC_API_KEY=test-client-key-0123456789abcdef   # the test host's client key
