@@ -109,9 +109,10 @@ def http_url(testhost, http_root):
 
 @pytest.fixture(scope="module")
 def playbook(testhost, http_url, source_snapshot):
-    def run(name: str, log_name: str, extra: dict | None = None, timeout: float = 1800):
-        return _stream(box.playbook_command(testhost.inventory, name, http_url, source_snapshot, extra),
-                       log_name, timeout)
+    def run(name: str, log_name: str, extra: dict | None = None, timeout: float = 1800,
+            options: tuple[str, ...] = ()):
+        return _stream([*box.playbook_command(testhost.inventory, name, http_url, source_snapshot, extra),
+                        *options], log_name, timeout)
     return run
 
 
@@ -144,6 +145,15 @@ def test_second_converge_changes_nothing(converged, playbook):
     assert rc == 0
     changed = [line for line in out.splitlines() if line.startswith("changed:")]
     assert recap["aibox"]["changed"] == 0, f"not idempotent: {changed}"
+
+
+def test_check_mode_on_converged_host(converged, playbook):
+    assert converged[0] == 0, "first converge failed"
+    rc, out, _ = playbook("site.yml", "check-mode.log", options=("--check",))
+    recap = parse_recap(out)
+    assert rc == 0, "site.yml --check failed; see .cache/provision-logs/check-mode.log"
+    changed = [line for line in out.splitlines() if line.startswith("changed:")]
+    assert recap["aibox"]["changed"] == 0, f"--check predicts changes on a converged host: {changed}"
 
 
 def test_infra_suite(converged, testhost):
