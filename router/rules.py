@@ -71,6 +71,22 @@ class RuleEngine:
         self._compiled: list[tuple[RuleConfig, Callable[..., Any]]] = [
             (rule, compile_expression(rule.when)) for rule in config.rules
         ]
+        # All conditions as one list expression: one template render per request instead of one per
+        # rule (each render costs ~15 us). Each part was validated on its own at config load.
+        self._all = compile_expression("[" + ", ".join(f"({r.when})" for r in config.rules) + "]")
+
+    def _evaluate(self, namespace: dict[str, Any]) -> list[Any]:
+        """Each rule's condition value, or the exception it raised (one bad rule spoils no other)."""
+        try:
+            return list(self._all(**namespace))
+        except Exception:  # noqa: BLE001 - find which rule failed, one by one
+            results: list[Any] = []
+            for _, condition in self._compiled:
+                try:
+                    results.append(condition(**namespace))
+                except Exception as e:  # noqa: BLE001 - a rule must never take the router down
+                    results.append(e)
+            return results
 
     def decide(self, features: Features) -> RouteDecision:
         cfg = self.config
@@ -82,14 +98,11 @@ class RuleEngine:
                                      trace)
             trace.append(RuleTrace("override", False,
                                    f"unknown target {features.override!r} in {cfg.override_header}; ignored"))
-        namespace = features.as_namespace()
-        for rule, condition in self._compiled:
-            try:
-                matched = bool(condition(**namespace))
-            except Exception as e:  # noqa: BLE001 - a rule must never take the router down: not matching
-                trace.append(RuleTrace(rule.name, False, f"error evaluating: {type(e).__name__}: {e}"))
+        for (rule, _), value in zip(self._compiled, self._evaluate(features.as_namespace()), strict=True):
+            if isinstance(value, Exception):  # treated as not matching
+                trace.append(RuleTrace(rule.name, False, f"error evaluating: {type(value).__name__}: {value}"))
                 continue
-            if not matched:
+            if not value:
                 trace.append(RuleTrace(rule.name, False, f"condition false: {rule.when}"))
                 continue
             if rule.daily_limit is not None:

@@ -107,3 +107,21 @@ def test_default_target_when_nothing_matches():
 def test_thinking_and_tools_are_features():
     f = features("hi", thinking={"type": "adaptive"}, tools=[{"name": "a", "input_schema": {}}])
     assert f.has_thinking and f.has_tools and f.tool_count == 1
+
+
+def test_a_rule_failing_at_run_time_does_not_spoil_the_others():
+    import yaml
+
+    from aibox_router.config import parse_config
+
+    with open(default_config_path()) as f:
+        data = yaml.safe_load(f)
+    # Valid at load time (the sample request has input_tokens 0), divides by zero when input_tokens is 1.
+    data["rules"].insert(0, {"name": "fragile", "when": "max_tokens / (input_tokens - 1) > 2", "target": "claude"})
+    cfg = parse_config(data, "router.yml", env={})
+    f = extract_features({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "Explain it"}]},
+                         body_size=4, client="c", protocol="anthropic", aliases={})
+    assert f.input_tokens == 1
+    d = RuleEngine(cfg, lambda rule: 0).decide(f)
+    assert d.rule == "docs"
+    assert d.trace[0].rule == "fragile" and "ZeroDivisionError" in d.trace[0].note
