@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import click
 
@@ -21,6 +23,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     from ..server import create_app
 
     config = load_or_exit(config_path)
+    _check_state_dir(config.server.state_dir, config_path)
     logging.basicConfig(level=config.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config_path, config)
@@ -28,3 +31,14 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
                 log_level=config.server.log_level, access_log=False, server_header=False,
                 # Claude Code keeps connections open between turns; don't drop idle ones too eagerly.
                 timeout_keep_alive=75)
+
+
+def _check_state_dir(state_dir: str, config_path: str | None) -> None:
+    """Fail with the key and the reason, not a traceback, when the ledger's directory is unusable."""
+    where = f"{config_path or 'the embedded default config'}: server.state_dir {state_dir}"
+    try:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(f"{where}: cannot create it: {e.strerror}") from None
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise click.ClickException(f"{where}: not writable by this user (the ledger lives there)")

@@ -78,3 +78,15 @@ def test_config_check_ok_and_error_exit_codes(tmp_path):
     result = CliRunner().invoke(main, ["config", "check", str(bad)])
     assert result.exit_code == 1
     assert f"{bad}: rules[0].target: unknown target 'nowhere'" in result.output
+
+
+def test_serve_refuses_an_unusable_state_dir_with_the_key_and_reason(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be")
+    data = yaml.safe_load(Path(default_config_path()).read_text())
+    data["server"]["state_dir"] = str(blocker / "state")
+    cfg = tmp_path / "router.yml"
+    cfg.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["serve", "-c", str(cfg)])
+    assert result.exit_code == 1
+    assert f"{cfg}: server.state_dir {blocker / 'state'}: cannot create it" in result.output
