@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.doubles.ollama_standin.build import build as build_standin
 from tests.support import aibox_in_a_box as box
 from tests.support.testhost import TestHost
 
@@ -198,3 +199,29 @@ def test_budget_change_reloads_router(converged, playbook, testhost):
                         "-c /etc/aibox-router/config.yml")
     assert show.returncode == 0, show.stderr
     assert "15.00" in show.stdout, show.stdout
+
+
+def test_air_gapped_upgrade_from_files_on_the_controller(converged, playbook, testhost, tmp_path):
+    """Last on purpose (it upgrades Ollama): a release given as a directory on the controller is
+    checked against its sha256sum.txt, unpacked into its own versioned directory, the symlink moves,
+    the old version's files are pruned and the service answers with the new version."""
+    assert converged[0] == 0, "first converge failed"
+    release = tmp_path / "offline-release"
+    build_standin(release, version="0.0.1-standin")
+    rc, _, _ = playbook("playbooks/ollama.yml", "ollama-airgapped.log",
+                        {"ollama_version": "0.0.1-standin", "ollama_download_base_url": str(release)},
+                        timeout=600)
+    assert rc == 0, "air-gapped ollama.yml failed; see .cache/provision-logs/ollama-airgapped.log"
+    link = testhost.run("readlink /opt/ollama/current", check=True).stdout.strip()
+    assert link.endswith("0.0.1-standin"), link
+    versions = testhost.run("ls /opt/ollama", check=True).stdout.split()
+    assert "0.0.0-standin" not in versions, f"old version lingers: {versions}"
+    answer = testhost.run("python3 -c \"import urllib.request; "
+                          "print(urllib.request.urlopen('http://127.0.0.1:11434/api/version').read().decode())\"")
+    assert answer.returncode == 0 and "0.0.1-standin" in answer.stdout, answer.stdout + answer.stderr
+    # A corrupt archive on the controller is refused before anything reaches the box.
+    (release / "ollama-linux-amd64.tgz").write_bytes(b"corrupt")
+    rc, out, _ = playbook("playbooks/ollama.yml", "ollama-airgapped-corrupt.log",
+                          {"ollama_version": "0.0.2-standin", "ollama_download_base_url": str(release)},
+                          timeout=600)
+    assert rc != 0 and "is missing or its sha256" in out
