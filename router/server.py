@@ -147,6 +147,7 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
     async def _serve(request: HTTPRequest, protocol: str) -> Response:
         render = anthropic_api.error_body if protocol == "anthropic" else openai_api.error_body
         started = time.perf_counter()
+        client = "-"
         async with state.use_runtime() as runtime:
             try:
                 client = state.keys.identify(request)
@@ -166,10 +167,10 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
                 else:
                     outcome = await pipeline.complete(runtime, internal, **kwargs)
             except RouterError as err:
-                _log_request(request, protocol, "-", err.status, started)
+                _log_request(request, protocol, client, "-", err.status, started)
                 return _error_response(err, render)
             headers = outcome.headers()
-            _log_request(request, protocol, outcome.target, 200, started)
+            _log_request(request, protocol, client, outcome.target, 200, started)
             if outcome.events is None:
                 assert outcome.message is not None
                 if protocol == "anthropic":
@@ -332,7 +333,8 @@ async def _close(events: AsyncIterator[Any]) -> None:
         await closer()
 
 
-def _log_request(request: HTTPRequest, protocol: str, target: str, status: int, started: float) -> None:
+def _log_request(request: HTTPRequest, protocol: str, client: str, target: str, status: int,
+                 started: float) -> None:
     if log.isEnabledFor(logging.INFO):
-        log.info("%s %s %s target=%s status=%d %.1fms", request.method, request.url.path, protocol, target,
-                 status, (time.perf_counter() - started) * 1000)
+        log.info("%s %s %s client=%s target=%s status=%d %.1fms", request.method, request.url.path, protocol,
+                 client, target, status, (time.perf_counter() - started) * 1000)
