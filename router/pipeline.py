@@ -19,6 +19,7 @@ from .backends import BackendUnavailable
 from .config import TargetConfig
 from .errors import BudgetExhaustedError, RouterError, UpstreamError, UpstreamStatusError
 from .features import Features, extract_features
+from .gpu import energy_between
 from .internal import CallContext, Message, Request, StreamEvent
 from .rules import RouteDecision
 from .runtime import Runtime
@@ -128,8 +129,6 @@ class _Call:
         rec.ttft_ms = (self.first_token - self.started) * 1000 if self.first_token else None
         rec.status, rec.http_status, rec.error = status, http_status, error[:500]
         if self._energy0 is not None and self.runtime.gpu is not None:
-            from .gpu import energy_between
-
             # None when the counter is unreadable or went backwards (driver reload): unknown, not 0 J.
             rec.energy_j = energy_between(self._energy0, self.runtime.gpu.energy_joules())
         try:
@@ -179,9 +178,8 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
                    forward_headers: dict[str, str] | None = None, override: str | None = None,
                    body_size: int | None = None, plan: Plan | None = None) -> Outcome:
     """Route and answer a non-streaming request."""
-    if plan is None:
-        plan = plan_request(runtime, request, client=client, protocol=protocol,
-                            body_size=body_size or len(str(request)), override=override)
+    plan = plan or plan_request(runtime, request, client=client, protocol=protocol,
+                                body_size=body_size or len(str(request)), override=override)
     failures: list[str] = []
     refusals: list[str] = []
     async for call in _attempts(runtime, plan, request, protocol, False, refusals):
@@ -216,9 +214,8 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
     Falling back is only possible before that first event: afterwards the client has seen part of
     an answer. The returned ``Outcome.events`` must be iterated to the end or closed.
     """
-    if plan is None:
-        plan = plan_request(runtime, request, client=client, protocol=protocol,
-                            body_size=body_size or len(str(request)), override=override)
+    plan = plan or plan_request(runtime, request, client=client, protocol=protocol,
+                                body_size=body_size or len(str(request)), override=override)
     failures: list[str] = []
     refusals: list[str] = []
     async for call in _attempts(runtime, plan, request, protocol, True, refusals):

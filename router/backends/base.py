@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import httpx
@@ -69,6 +70,23 @@ class Backend(ABC):
         Must raise BackendUnavailable (not yield) if the upstream cannot be reached or answers 5xx,
         so the caller can fall back before anything reached the client.
         """
+
+    async def request_json(self, method: str, path: str, *,
+                           check: Callable[[httpx.Response], Awaitable[None]] | None = None,
+                           **kwargs: Any) -> tuple[Any, httpx.Response]:
+        """Send one request and decode its JSON answer. Transport failures and answers that are not
+        JSON raise BackendUnavailable (fall back); *check* (default: raise_for_upstream) judges the status."""
+        try:
+            response = await self.client.request(method, path, **kwargs)
+            if check is None:
+                await raise_for_upstream(self.name, response)
+            else:
+                await check(response)
+            return msgspec.json.decode(response.content), response
+        except httpx.HTTPError as e:
+            raise connection_failure(self.name, e) from e
+        except ValueError as e:
+            raise BackendUnavailable(self.name, f"{method} {path} did not answer JSON: {e}") from e
 
     async def count_tokens(self, request: Request, ctx: CallContext) -> int | None:
         """Exact input token count from the upstream, or None when it has no such endpoint."""

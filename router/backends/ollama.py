@@ -22,7 +22,6 @@ from .base import (
     JSON_HEADERS,
     Backend,
     BackendUnavailable,
-    connection_failure,
     encode_json,
     raise_for_upstream,
     stream_failure,
@@ -252,14 +251,8 @@ class OllamaBackend(Backend):
 
     async def complete(self, request: Request, target: TargetConfig, ctx: CallContext) -> Message:
         body = to_ollama_request(request, target, stream=False)
-        try:
-            response = await self.client.post("/api/chat", content=encode_json(body), headers=JSON_HEADERS)
-            await self._check(response)
-            data = msgspec.json.decode(response.content)
-        except httpx.HTTPError as e:
-            raise connection_failure(self.name, e) from e
-        except ValueError as e:
-            raise BackendUnavailable(self.name, f"response is not JSON: {e}") from e
+        data, _ = await self.request_json("POST", "/api/chat", content=encode_json(body), headers=JSON_HEADERS,
+                                          check=self._check)
         if data.get("error"):
             raise _ollama_error(self.name, None, str(data["error"]), started=False)
         return from_ollama_response(data, request, ctx)
@@ -293,14 +286,8 @@ class OllamaBackend(Backend):
             raise UpstreamError(f"backend {self.name!r} ended the stream before its final object")
 
     async def _get(self, path: str) -> Any:
-        try:
-            response = await self.client.get(path)
-            await raise_for_upstream(self.name, response)
-            return msgspec.json.decode(response.content)
-        except httpx.HTTPError as e:
-            raise connection_failure(self.name, e) from e
-        except ValueError as e:
-            raise BackendUnavailable(self.name, f"{path} did not answer JSON: {e}") from e
+        data, _ = await self.request_json("GET", path)
+        return data
 
     async def health(self) -> tuple[bool, str]:
         try:

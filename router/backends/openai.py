@@ -24,7 +24,6 @@ from .base import (
     JSON_HEADERS,
     Backend,
     BackendUnavailable,
-    connection_failure,
     encode_json,
     raise_for_upstream,
     stream_failure,
@@ -434,14 +433,8 @@ class OpenAIBackend(Backend):
 
     async def complete(self, request: Request, target: TargetConfig, ctx: CallContext) -> Message:
         body = to_openai_request(request, target, stream=False)
-        try:
-            response = await self.client.post("/chat/completions", content=encode_json(body), headers=self._headers())
-            await raise_for_upstream(self.name, response)
-            data = msgspec.json.decode(response.content)
-        except httpx.HTTPError as e:
-            raise connection_failure(self.name, e) from e
-        except ValueError as e:
-            raise BackendUnavailable(self.name, f"response is not JSON: {e}") from e
+        data, response = await self.request_json("POST", "/chat/completions", content=encode_json(body),
+                                                 headers=self._headers())
         ctx.upstream_request_id = response.headers.get("x-request-id")
         if isinstance(data, dict) and data.get("error"):
             raise _stream_error(self.name, data["error"], started=False)
@@ -488,13 +481,6 @@ class OpenAIBackend(Backend):
         return True, f"{len(models)} model(s)"
 
     async def list_models(self) -> list[str]:
-        try:
-            response = await self.client.get("/models", headers=self._headers())
-            await raise_for_upstream(self.name, response)
-            data = msgspec.json.decode(response.content)
-        except httpx.HTTPError as e:
-            raise connection_failure(self.name, e) from e
-        except ValueError as e:
-            raise BackendUnavailable(self.name, f"/models did not answer JSON: {e}") from e
+        data, _ = await self.request_json("GET", "/models", headers=self._headers())
         return [m["id"] for m in data.get("data") or [] if isinstance(m, dict) and "id" in m]
 
