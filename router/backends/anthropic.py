@@ -56,8 +56,8 @@ class AnthropicBackend(Backend):
     async def _post(self, path: str, body: dict[str, Any], ctx: CallContext) -> httpx.Response:
         self._require_key()
         try:
-            response = await self.client.post(path, content=msgspec.json.encode(body),
-                                               headers={**self._headers(ctx), "content-type": "application/json"})
+            response = await self.fetch("POST", path, content=msgspec.json.encode(body),
+                                        headers={**self._headers(ctx), "content-type": "application/json"})
         except httpx.HTTPError as exc:
             raise connection_failure(self.name, exc) from exc
         ctx.upstream_request_id = response.headers.get("request-id")
@@ -81,11 +81,10 @@ class AnthropicBackend(Backend):
 
     async def stream(self, request: Request, target: TargetConfig, ctx: CallContext) -> AsyncIterator[StreamEvent]:
         self._require_key()
-        http_request = self.client.build_request(
-            "POST", "/v1/messages", content=msgspec.json.encode({**request, "stream": True}),
-            headers={**self._headers(ctx), "content-type": "application/json", "accept": "text/event-stream"})
         try:
-            response = await self.client.send(http_request, stream=True)
+            response = await self.send(
+                "POST", "/v1/messages", content=msgspec.json.encode({**request, "stream": True}),
+                headers={**self._headers(ctx), "content-type": "application/json", "accept": "text/event-stream"})
         except httpx.HTTPError as exc:
             raise connection_failure(self.name, exc) from exc
         try:
@@ -152,8 +151,8 @@ class AnthropicBackend(Backend):
         return tokens
 
     async def _get_models(self) -> httpx.Response:
-        return await self.client.get("/v1/models", params={"limit": 1000}, headers=self._headers(None),
-                                     timeout=httpx.Timeout(_HEALTH_TIMEOUT_S, connect=self.config.connect_timeout_s))
+        return await self.fetch("GET", "/v1/models", params={"limit": 1000}, headers=self._headers(None),
+                                timeout=httpx.Timeout(_HEALTH_TIMEOUT_S, connect=self.config.connect_timeout_s))
 
     async def health(self) -> tuple[bool, str]:
         """Probe ``GET /v1/models``: free of charge, and it shows whether the key is accepted."""

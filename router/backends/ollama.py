@@ -262,7 +262,7 @@ class OllamaBackend(Backend):
         translator = _StreamTranslator(request, ctx)
         started = done = False
         try:
-            async with self.client.stream("POST", "/api/chat", content=encode_json(body), headers=JSON_HEADERS) as response:
+            async with self.open("POST", "/api/chat", content=encode_json(body), headers=JSON_HEADERS) as response:
                 await self._check(response)
                 async for line in response.aiter_lines():
                     if not line.strip():

@@ -445,8 +445,8 @@ class OpenAIBackend(Backend):
         translator = _StreamTranslator(request, ctx)
         started = done = False
         try:
-            async with self.client.stream("POST", "/chat/completions", content=encode_json(body),
-                                          headers=self._headers()) as response:
+            async with self.open("POST", "/chat/completions", content=encode_json(body),
+                                 headers=self._headers()) as response:
                 await raise_for_upstream(self.name, response)
                 ctx.upstream_request_id = response.headers.get("x-request-id")
                 async for data in _sse_data(response):

@@ -20,8 +20,8 @@ GOOD_CHUNK = (b'data: {"id":"c1","object":"chat.completion.chunk","created":0,"m
 
 def with_body(backend, body: bytes, content_type: str):
     # httpx's MockTransport answers in-process with exactly these bytes, as a broken server would.
-    backend.client = httpx.AsyncClient(base_url=backend.config.base_url, transport=httpx.MockTransport(
-        lambda request: httpx.Response(200, content=body, headers={"content-type": content_type})))
+    backend.transport = httpx.MockTransport(
+        lambda request: httpx.Response(200, content=body, headers={"content-type": content_type}))
     return backend
 
 

@@ -211,5 +211,5 @@ async def test_health_tags_and_show(backend: OllamaBackend, fake: FakeOllama) ->
     ok, detail = await backend.health()
     assert ok and detail.startswith("ollama ")
     assert await backend.list_models() == [MODEL]
-    show = await backend.client.post("/api/show", json={"model": MODEL})
+    show = await backend.fetch("POST", "/api/show", content=b'{"model": "%s"}' % MODEL.encode())
     assert "tools" in show.json()["capabilities"]

@@ -382,7 +382,7 @@ def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **extr
 def make_backend(handler: Any, api_key_env: str | None = None) -> OpenAIBackend:
     config = BackendConfig(type="openai", base_url="http://127.0.0.1:9/v1", api_key_env=api_key_env)
     backend = OpenAIBackend("llama", config)
-    backend.client = httpx.AsyncClient(base_url=config.base_url, transport=httpx.MockTransport(handler))
+    backend.transport = httpx.MockTransport(handler)
     return backend
 
 
