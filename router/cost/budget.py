@@ -15,6 +15,7 @@ is injectable so tests can cross midnight anywhere.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -37,6 +38,9 @@ from .ledger import CutoffState, LedgerRow, LedgerStore, SqliteLedger
 log = logging.getLogger("aibox_router.cost")
 
 Clock = Callable[[], float]
+
+# Local calls' ledger rows are committed without an fsync; they reach the disk within this long.
+LOCAL_ROWS_SYNC_S = 1.0
 
 
 def day_of(ts: float, tz: ZoneInfo) -> str:
@@ -112,7 +116,7 @@ class CostControl:
 
     def __init__(self, config: RouterConfig, store: LedgerStore, *, clock: Clock = time.time,
                  metrics: Metrics | None = None, alerter: Alerter | None = None,
-                 poll_interval_s: float = 1.0):
+                 poll_interval_s: float = 1.0, sync_interval_s: float = LOCAL_ROWS_SYNC_S):
         self._config = config
         self._limits = BudgetLimits.from_config(config)
         self.store = store
@@ -124,6 +128,10 @@ class CostControl:
         # One writer thread: ledger commits (with their fsync) never block the event loop, and
         # they happen in the order calls settled.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aibox-ledger")
+        self._sync_interval_s = sync_interval_s
+        self._sync_timer: asyncio.TimerHandle | None = None
+        self._syncing: asyncio.Future[bool] | None = None
+        self._closed = False
         self._ids = itertools.count(1)
         self._reservations: dict[int, _Held] = {}
         self._rule_inflight: dict[str, int] = {}
@@ -156,8 +164,16 @@ class CostControl:
         self._roll()
 
     def close(self) -> None:
-        """Finish pending ledger writes and close the store (alerts in flight: see ``aclose``)."""
+        """Finish pending ledger writes, put them on disk and close the store (alerts in flight:
+        see ``aclose``)."""
+        self._closed = True
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
         self._writer.shutdown(wait=True)
+        try:
+            self.store.flush()
+        except Exception:  # closing anyway: the rows are committed, only not yet fsynced
+            log.exception("ledger: could not sync the last local rows to disk")
         self.metrics.clear_budget_source(self._gauges)
         self.store.close()
 
@@ -167,6 +183,42 @@ class CostControl:
 
     async def drain_alerts(self) -> None:
         await self.alerts.drain()
+
+    async def _store(self, row: LedgerRow, *, durable: bool) -> None:
+        """Commit *row* before the answer goes out. Rows about money are fsynced first; a local
+        call's row is synced with the next batch (see ledger.py on durability)."""
+        loop = asyncio.get_running_loop()
+        if not durable:
+            self._schedule_sync(loop)
+            # Without an fsync the write is a WAL append of some tens of microseconds: cheaper
+            # right here than the hand-off to the writer thread, unless another writer holds the
+            # ledger (then the thread waits for it, not the event loop).
+            if self.store.try_insert(row) is not None:
+                return
+        write = loop.run_in_executor(self._writer, functools.partial(self.store.insert, row, durable=durable))
+        # shield: a cancelled caller (client went away) must not cancel a queued write.
+        await asyncio.shield(write)
+
+    def _schedule_sync(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._sync_timer is None and self._syncing is None and not self._closed:
+            self._sync_timer = loop.call_later(self._sync_interval_s, self._sync, loop)
+
+    def _sync(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Put the local rows committed so far on disk, in the writer thread (after queued writes)."""
+        self._sync_timer = None
+        self._syncing = loop.run_in_executor(self._writer, self.store.flush)
+        self._syncing.add_done_callback(lambda done: self._synced(done, loop))
+
+    def _synced(self, done: asyncio.Future[bool], loop: asyncio.AbstractEventLoop) -> None:
+        self._syncing = None
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is not None:
+            self.metrics.ledger_errors.inc()
+            log.error("ledger: syncing local rows to disk failed (will retry): %s", error)
+        if error is not None or not done.result():
+            self._schedule_sync(loop)  # a reader held the WAL, or the disk failed: try again
 
     # -- state ------------------------------------------------------------------------------
 
@@ -321,10 +373,8 @@ class CostControl:
         record.cost_usd = cost_usd(find_price(self._config.prices, record.model), record.usage)
         day = day_of(record.ts, self._limits.timezone)
         row = LedgerRow.from_record(record, day=day, cost_usd=record.cost_usd)
-        write = asyncio.get_running_loop().run_in_executor(self._writer, self.store.insert, row)
         try:
-            # shield: a cancelled caller (client went away) must not cancel a queued write.
-            await asyncio.shield(write)
+            await self._store(row, durable=record.cloud)
         except asyncio.CancelledError:
             raise
         except Exception:  # the call happened: keep its spend in memory, log, go on

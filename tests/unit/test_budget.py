@@ -353,3 +353,72 @@ async def test_settle_prices_the_record_and_updates_metrics(tmp_path: Path) -> N
     assert "aibox_router_cutoff_engaged 0.0" in text
     cc.close()
     assert "spend_today_usd" not in metrics.render()[0].decode()  # closed: no stale gauges
+
+
+class RecordingLedger(SqliteLedger):
+    """The real SQLite ledger, noting which inserts asked for an fsync."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.durable: list[tuple[bool, bool]] = []  # (cloud, durable) per insert
+
+    def insert(self, row: Any, *, durable: bool = True) -> int:
+        self.durable.append((row.cloud, durable))
+        return super().insert(row, durable=durable)
+
+    def try_insert(self, row: Any) -> int | None:
+        self.durable.append((row.cloud, False))
+        return super().try_insert(row)
+
+
+async def test_cloud_rows_are_fsynced_and_local_rows_reach_the_disk_within_the_sync_interval(
+        tmp_path: Path) -> None:
+    from .test_ledger import rows_in_database_file
+
+    clock = FakeClock(T0)
+    store = RecordingLedger(tmp_path / "ledger.sqlite3")
+    cc = CostControl(make_config(tmp_path), store, clock=clock, metrics=Metrics(), alerter=RecordingAlerter(),
+                     sync_interval_s=0.05)
+    await cc.settle(None, record(clock, cloud=False, rule="coding"))
+    await cc.settle(None, record(clock, cloud=True, output_tokens=10))
+    assert store.durable == [(False, False), (True, True)]
+    await cc.settle(None, record(clock, cloud=False, rule="coding"))
+    deadline = asyncio.get_running_loop().time() + 10
+    while rows_in_database_file(store.path, tmp_path) < 3:
+        assert asyncio.get_running_loop().time() < deadline, "local rows never reached the database file"
+        await asyncio.sleep(0.05)
+    cc.close()
+
+
+async def test_close_puts_the_last_local_rows_on_disk(tmp_path: Path) -> None:
+    from .test_ledger import rows_in_database_file
+
+    clock = FakeClock(T0)
+    cc = CostControl(make_config(tmp_path), SqliteLedger(tmp_path / "ledger.sqlite3"), clock=clock,
+                     metrics=Metrics(), alerter=RecordingAlerter(), sync_interval_s=3600)
+    other = SqliteLedger(tmp_path / "ledger.sqlite3")  # another process's connection keeps the WAL open
+    other.day_totals("2026-01-15")
+    await cc.settle(None, record(clock, cloud=False, rule="coding"))
+    cc.close()
+    assert rows_in_database_file(tmp_path / "ledger.sqlite3", tmp_path) == 1
+    other.close()
+
+
+async def test_local_row_waits_in_the_writer_thread_while_another_process_holds_the_ledger(
+        tmp_path: Path) -> None:
+    import sqlite3
+
+    clock = FakeClock(T0)
+    cc = open_cc(make_config(tmp_path), clock)
+    other = sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # e.g. `cutoff engage` writing at this moment
+    settling = asyncio.create_task(cc.settle(None, record(clock, cloud=False, rule="coding")))
+    await asyncio.sleep(0.3)
+    assert not settling.done()  # waiting for the lock, in the writer thread: the loop runs on
+    other.execute("COMMIT")
+    await asyncio.wait_for(settling, 10)
+    other.close()
+    cc.close()
+    led = SqliteLedger.in_state_dir(tmp_path)
+    assert [r.rule for r in led.rows("2026-01-15", "2026-01-15")] == ["coding"]
+    led.close()

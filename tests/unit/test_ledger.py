@@ -33,6 +33,78 @@ def test_pragmas_wal_and_full_sync(tmp_path: Path) -> None:
     led.close()
 
 
+def rows_in_database_file(path: Path, tmp_path: Path) -> int:
+    """Rows in the database file proper, without its WAL: what a power cut would leave of the
+    rows that were only ever written to the (unsynced) WAL."""
+    copy = tmp_path / "copy-of-main-file.sqlite3"
+    copy.write_bytes(path.read_bytes())
+    conn = sqlite3.connect(copy)
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests'").fetchone() is None:
+            return 0  # not even the schema has been checkpointed yet
+        return int(conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_only_money_rows_are_fsynced_at_commit(tmp_path: Path) -> None:
+    led = SqliteLedger(tmp_path / "l.sqlite3")
+    conn = led._conn()
+    led.insert(row(cloud=False), durable=False)
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: WAL write, no fsync
+    led.insert(row(cloud=True))
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: fsynced before insert returns
+    led.insert(row(cloud=False), durable=False)
+    led.set_cutoff(CutoffState(engaged=True, day="2026-01-15", reason="r", by="t", ts=1.0))
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # the cutoff is always durable
+    led.close()
+
+
+def test_try_insert_never_waits_for_another_writer(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    led = SqliteLedger(path)
+    assert led.try_insert(row(cloud=False)) == 1
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    assert led.try_insert(row(cloud=False)) is None
+    assert time.monotonic() - started < 5  # the busy timeout (10 s) did not apply
+    other.execute("COMMIT")
+    other.close()
+    assert led.try_insert(row(cloud=False)) == 2
+    assert len(led.rows("2026-01-15", "2026-01-15")) == 2
+    led.close()
+
+
+def test_flush_puts_local_rows_into_the_database_file(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    led = SqliteLedger(path)
+    led.flush()  # the schema, into the database file
+    for _ in range(3):
+        led.insert(row(cloud=False), durable=False)
+    assert rows_in_database_file(path, tmp_path) == 0  # only in the WAL so far
+    assert led.flush() is True
+    assert rows_in_database_file(path, tmp_path) == 3
+    led.close()
+
+
+def test_flush_reports_not_done_while_a_reader_holds_old_frames(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    led = SqliteLedger(path)
+    led.flush()
+    led.insert(row(cloud=False), durable=False)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM requests").fetchone()  # a snapshot at this frame
+    led.insert(row(cloud=False), durable=False)
+    assert led.flush() is False  # the newest frame cannot be checkpointed past the reader
+    reader.execute("COMMIT")
+    reader.close()
+    assert led.flush() is True
+    assert rows_in_database_file(path, tmp_path) == 2
+    led.close()
+
+
 def test_round_trip_keeps_every_column_and_exact_cost(tmp_path: Path) -> None:
     led = SqliteLedger(tmp_path / "l.sqlite3")
     r = row(input_tokens=1, output_tokens=2, cache_write_5m_tokens=3, cache_write_1h_tokens=4, cache_read_tokens=5,
@@ -141,7 +213,9 @@ _WRITER = textwrap.dedent("""
         r = LedgerRow(ts=float(i), day="2026-01-15", client="c", rule="r", target="t", backend="b",
                       model="m", protocol="anthropic", stream=False, cloud=True, cost_usd=Decimal("0.001"),
                       error="x" * (i % 500))
-        rid = led.insert(r)
+        # Local calls' rows (durable=False) are not fsynced, but a crash of the process must not
+        # lose them either: alternate the two kinds.
+        rid = led.insert(r, durable=i % 2 == 0)
         # insert() returned: the row is committed. Tell the parent which one.
         sys.stdout.write(f"{rid}\\n")
         sys.stdout.flush()
