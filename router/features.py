@@ -56,7 +56,41 @@ _TASK_PATTERNS: dict[str, tuple[str, ...]] = {
     "planning": (r"\bplan\b", r"\bplanning", r"\bdesign\b", r"\barchitect", r"\broadmap", r"\bstrategy",
                  r"\bmigrat", r"\bsteps? to\b", r"\bbreak (it|this) down", r"\bproposal"),
 }
-_COMPILED = {task: [re.compile(p, re.IGNORECASE) for p in pats] for task, pats in _TASK_PATTERNS.items()}
+
+
+def required_literal(pattern: str) -> str:
+    """The plain text at the start of *pattern* (after a leading ``\\b``) that every match contains,
+    lower-cased; "" when there is none or the pattern has a top-level ``|``.
+
+    ``literal in text`` rules a pattern out for most texts at memchr speed, before the regex
+    engine scans them position by position (47 scans cost about 2 ms on a 4000-character turn).
+    """
+    depth, i = 0, 0
+    while i < len(pattern):  # a top-level alternative need not contain the first branch's text
+        c = pattern[i]
+        if c == "\\":
+            i += 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return ""
+        i += 1
+    body = pattern[2:] if pattern.startswith("\\b") else pattern
+    run = ""
+    for c in body:
+        if c in ".^$*+?{}[]|()\\":
+            if c in "?*{":  # the character before an optional quantifier is not required
+                run = run[:-1]
+            break
+        run += c
+    return run.lower()
+
+
+_COMPILED = {task: [(required_literal(p), re.compile(p, re.IGNORECASE)) for p in pats]
+             for task, pats in _TASK_PATTERNS.items()}
+_SYSTEM_REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
 
 _HARD_WORDS = re.compile(
     r"\b(architect\w*|distributed|concurren\w*|race condition|deadlock|security|vulnerab\w*|"
@@ -119,10 +153,13 @@ def last_user_text(request: Request) -> str:
 
 def classify_task(text: str) -> str:
     # Claude Code prepends long <system-reminder> blocks; they say nothing about the task.
-    text = re.sub(r"<system-reminder>.*?</system-reminder>", " ", text, flags=re.DOTALL)[:4000]
+    if "<system-reminder>" in text:
+        text = _SYSTEM_REMINDER.sub(" ", text)
+    text = text[:4000]
+    lowered = text.lower()
     best, best_score = "general", 0
     for task, patterns in _COMPILED.items():
-        score = sum(1 for p in patterns if p.search(text))
+        score = sum(1 for literal, p in patterns if literal in lowered and p.search(text))
         if score > best_score:
             best, best_score = task, score
     return best

@@ -6,7 +6,14 @@ import pytest
 
 from aibox_router.cli.common import default_config_path
 from aibox_router.config import load_config
-from aibox_router.features import classify_task, complexity_score, extract_features
+from aibox_router.features import (
+    _COMPILED,
+    _TASK_PATTERNS,
+    classify_task,
+    complexity_score,
+    extract_features,
+    required_literal,
+)
 from aibox_router.rules import RuleEngine
 
 CFG = load_config(default_config_path(), env={})
@@ -35,6 +42,34 @@ def test_task_classification(text, task):
 def test_system_reminders_do_not_steer_classification():
     text = "<system-reminder>fix the bug error traceback debug</system-reminder>Explain how this works"
     assert classify_task(text) == "explanation"
+
+
+@pytest.mark.parametrize("pattern,literal", [
+    (r"\bdebug", "debug"), (r"doesn'?t work", "doesn"), (r"\bstack ?trace", "stack"),
+    (r"\bwhat (is|are|does)\b", "what "), (r"\bfix(es|ing)?\b", "fix"), (r"```", "```"),
+    (r"\bAPI docs?\b", "api doc"), (r"(a|b)c", ""), (r"ab|cd", ""), (r"a\|b", "a"),
+])
+def test_required_literal(pattern, literal):
+    assert required_literal(pattern) == literal
+
+
+def test_every_task_pattern_has_a_prefilter_literal():
+    # An empty literal is still correct (the regex always runs), only slow: keep patterns prefilterable.
+    assert all(literal for patterns in _COMPILED.values() for literal, _ in patterns)
+
+
+@pytest.mark.parametrize("text", [
+    "WHY DOES the build FAIL? Stack trace below", "Doesnt work after the MIGRATION", "What's the plan?",
+    "Please write a Test for this CLASS", "```py\nx = 1\n```", "api doc", "steps to reproduce", "whatever",
+    "Analyse the LOGS for correlations across all services", "x" * 5000 + " fix the bug",
+])
+def test_prefilter_never_changes_a_pattern_verdict(text):
+    import re
+
+    for task, patterns in _TASK_PATTERNS.items():
+        for (literal, compiled), pattern in zip(_COMPILED[task], patterns, strict=True):
+            full = re.search(pattern, text[:4000], re.IGNORECASE) is not None
+            assert (literal in text[:4000].lower() and compiled.search(text[:4000]) is not None) == full, pattern
 
 
 def test_complexity_stays_low_for_short_questions_and_rises_for_hard_work():
