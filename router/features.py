@@ -77,7 +77,7 @@ def required_literal(pattern: str) -> str:
         elif c == "|" and depth == 0:
             return ""
         i += 1
-    body = pattern[2:] if pattern.startswith("\\b") else pattern
+    body = pattern.removeprefix("\\b")
     run = ""
     for c in body:
         if c in ".^$*+?{}[]|()\\":

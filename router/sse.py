@@ -1,7 +1,8 @@
 """A minimal, incremental Server-Sent Events decoder and encoder (WHATWG HTML, "server-sent events").
 
-Why not a library: the only one that fits (httpx-sse) is not a dependency, and the format is a few
-lines of state. The decoder accepts any chunking of the byte stream, so a line or a UTF-8 character
+Why not a library: SSE libraries come bound to the way they fetch (httpx-sse to httpx, aiohttp's
+SSE clients to their own reconnecting EventSource); the router only needs a decoder over a
+response it already holds, and the format is a few lines of state. The decoder accepts any chunking of the byte stream, so a line or a UTF-8 character
 split across network reads is reassembled before it is interpreted.
 """
 
@@ -95,7 +96,7 @@ class SSEDecoder:
 
 
 async def aiter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[ServerSentEvent]:
-    """Decode a byte stream (e.g. ``httpx.Response.aiter_bytes()``) into events as they complete."""
+    """Decode a byte stream (e.g. ``aiohttp.ClientResponse.content.iter_any()``) into events as they complete."""
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     decoder = SSEDecoder()
     async for chunk in chunks:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import msgspec
 
 from ..api.anthropic import error_from_event
@@ -18,11 +18,19 @@ from ..config import TargetConfig
 from ..errors import UpstreamStatusError
 from ..internal import CallContext, Message, Request, StreamEvent, observe_event
 from ..sse import aiter_sse
-from .base import Backend, BackendUnavailable, connection_failure, raise_for_upstream
+from .base import (
+    TRANSPORT_ERRORS,
+    Backend,
+    BackendUnavailable,
+    Response,
+    connection_failure,
+    raise_for_stream_status,
+    raise_for_upstream,
+)
 
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 
-# Never forwarded, whatever the caller put in forward_headers: credentials, and headers httpx sets.
+# Never forwarded, whatever the caller put in forward_headers: credentials, and headers aiohttp sets.
 _NOT_FORWARDED = frozenset({"x-api-key", "authorization", "host", "content-length", "content-type",
                             "transfer-encoding", "connection", "accept-encoding", "cookie"})
 
@@ -53,53 +61,52 @@ class AnthropicBackend(Backend):
             raise BackendUnavailable(self.name, f"no API key: environment variable "
                                                 f"{self.config.api_key_env or '(api_key_env not configured)'} is not set")
 
-    async def _post(self, path: str, body: dict[str, Any], ctx: CallContext) -> httpx.Response:
+    async def _post(self, path: str, body: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """POST and decode the JSON object answered; failures as BackendUnavailable / UpstreamStatusError."""
         self._require_key()
         try:
-            response = await self.fetch("POST", path, content=msgspec.json.encode(body),
-                                        headers={**self._headers(ctx), "content-type": "application/json"})
-        except httpx.HTTPError as exc:
+            response, content = await self.fetch("POST", path, content=msgspec.json.encode(body),
+                                                 headers={**self._headers(ctx), "content-type": "application/json"})
+        except TRANSPORT_ERRORS as exc:
             raise connection_failure(self.name, exc) from exc
         ctx.upstream_request_id = response.headers.get("request-id")
-        await raise_for_upstream(self.name, response)
-        return response
+        raise_for_upstream(self.name, response, content)
+        return self._decode(response, content)
 
-    def _decode(self, response: httpx.Response) -> dict[str, Any]:
+    def _decode(self, response: Response, content: bytes) -> dict[str, Any]:
         try:
-            data = msgspec.json.decode(response.content)
+            data = msgspec.json.decode(content)
         except msgspec.DecodeError as e:
-            raise BackendUnavailable(self.name, f"answered HTTP {response.status_code} with invalid JSON: {e}") from None
+            raise BackendUnavailable(self.name, f"answered HTTP {response.status} with invalid JSON: {e}") from None
         if not isinstance(data, dict):
             raise BackendUnavailable(self.name, "answered with JSON that is not an object")
         return data
 
     async def complete(self, request: Request, target: TargetConfig, ctx: CallContext) -> Message:
         body = {k: v for k, v in request.items() if k != "stream"}
-        message = self._decode(await self._post("/v1/messages", body, ctx))
+        message = await self._post("/v1/messages", body, ctx)
         ctx.usage.update_from(message.get("usage"))
         return message
 
     async def stream(self, request: Request, target: TargetConfig, ctx: CallContext) -> AsyncIterator[StreamEvent]:
         self._require_key()
         try:
-            response = await self.send(
-                "POST", "/v1/messages", content=msgspec.json.encode({**request, "stream": True}),
-                headers={**self._headers(ctx), "content-type": "application/json", "accept": "text/event-stream"})
-        except httpx.HTTPError as exc:
+            async with self.open("POST", "/v1/messages", content=msgspec.json.encode({**request, "stream": True}),
+                                 headers={**self._headers(ctx), "content-type": "application/json",
+                                          "accept": "text/event-stream"}) as response:
+                ctx.upstream_request_id = response.headers.get("request-id")
+                await raise_for_stream_status(self.name, response)
+                # _events turns failures after the first event into error events itself.
+                async for event in self._events(response, ctx):
+                    yield event
+        except TRANSPORT_ERRORS as exc:  # connecting, or reading an error answer's body
             raise connection_failure(self.name, exc) from exc
-        try:
-            ctx.upstream_request_id = response.headers.get("request-id")
-            await raise_for_upstream(self.name, response)
-            async for event in self._events(response, ctx):
-                yield event
-        finally:
-            await response.aclose()
 
-    async def _events(self, response: httpx.Response, ctx: CallContext) -> AsyncIterator[StreamEvent]:
+    async def _events(self, response: Response, ctx: CallContext) -> AsyncIterator[StreamEvent]:
         """Parsed events; failures before the first event raise (fallback), later ones become error events."""
         started = stopped = False
         try:
-            async for sse in aiter_sse(response.aiter_bytes()):
+            async for sse in aiter_sse(response.content.iter_any()):
                 event = self._parse_event(sse.event, sse.data)
                 if not started and event["type"] == "error":
                     raise self._early_error(event)
@@ -109,7 +116,7 @@ class AnthropicBackend(Backend):
                 yield event
                 if event["type"] == "error":
                     return
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             if not started:
                 raise connection_failure(self.name, exc) from exc
             yield _stream_error(f"connection to backend {self.name!r} lost mid-stream: {type(exc).__name__}")
@@ -144,23 +151,24 @@ class AnthropicBackend(Backend):
 
     async def count_tokens(self, request: Request, ctx: CallContext) -> int | None:
         body = {k: v for k, v in request.items() if k not in _NOT_COUNTED}
-        data = self._decode(await self._post("/v1/messages/count_tokens", body, ctx))
+        data = await self._post("/v1/messages/count_tokens", body, ctx)
         tokens = data.get("input_tokens")
         if not isinstance(tokens, int):
             raise BackendUnavailable(self.name, "count_tokens answer has no integer input_tokens")
         return tokens
 
-    async def _get_models(self) -> httpx.Response:
+    async def _get_models(self) -> tuple[Response, bytes]:
         return await self.fetch("GET", "/v1/models", params={"limit": 1000}, headers=self._headers(None),
-                                timeout=httpx.Timeout(_HEALTH_TIMEOUT_S, connect=self.config.connect_timeout_s))
+                                timeout=aiohttp.ClientTimeout(total=_HEALTH_TIMEOUT_S,
+                                                              sock_connect=self.config.connect_timeout_s))
 
     async def health(self) -> tuple[bool, str]:
         """Probe ``GET /v1/models``: free of charge, and it shows whether the key is accepted."""
         try:
-            response = await self._get_models()
-        except httpx.HTTPError as exc:
+            response, _ = await self._get_models()
+        except TRANSPORT_ERRORS as exc:
             return False, connection_failure(self.name, exc).reason
-        status = response.status_code
+        status = response.status
         if status >= 500:
             return False, f"HTTP {status}"
         if not self.api_key():
@@ -173,13 +181,13 @@ class AnthropicBackend(Backend):
 
     async def list_models(self) -> list[str]:
         try:
-            response = await self._get_models()
-        except httpx.HTTPError:
+            response, content = await self._get_models()
+        except TRANSPORT_ERRORS:
             return []
-        if response.status_code != 200:
+        if response.status != 200:
             return []
         try:
-            data = msgspec.json.decode(response.content)
+            data = msgspec.json.decode(content)
         except msgspec.DecodeError:
             return []
         models = data.get("data") if isinstance(data, dict) else None

@@ -1,7 +1,14 @@
-"""What every backend adapter provides, and the failures that make the router try a fallback."""
+"""What every backend adapter provides, and the failures that make the router try a fallback.
+
+Upstream calls go through aiohttp, not httpx (which the CLI and the alert webhooks use): the
+gateway makes one upstream call per request, and aiohttp's client spends about 0.1 ms less CPU on
+it than httpx's request and response models over the same aiohttp connection pool: a seventh of
+the router's whole budget for a small request (benchmarks/router_overhead.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from abc import ABC, abstractmethod
@@ -9,15 +16,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
-import httpx
 import msgspec
-from httpx_aiohttp import AiohttpTransport
+from yarl import URL
 
 from ..config import BackendConfig, TargetConfig
 from ..errors import UpstreamError, UpstreamStatusError
 from ..internal import CallContext, Message, Request, StreamEvent
 
 JSON_HEADERS = {"content-type": "application/json"}
+
+# What a failed upstream exchange raises: refused, reset, closed early, or a timeout.
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+
+Response = aiohttp.ClientResponse
 
 
 def encode_json(value: object) -> bytes:
@@ -47,47 +58,46 @@ class Backend(ABC):
         self.name = name
         self.config = config
         self.base_url = config.base_url.rstrip("/")
-        self.timeout = httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
-        # Many parallel Claude Code sessions share one router; don't queue behind a tiny pool.
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        # aiohttp's C-accelerated HTTP/1.1 under httpx's request/response models: a fraction of
-        # httpcore's CPU per call. trust_env=False: a proxy from the environment must not capture
-        # loopback backends. Tests swap in httpx.MockTransport here.
-        self.transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits, trust_env=False)
-        # Parsed once per path: httpx's URL parser costs more CPU than the rest of building a request.
-        self._urls: dict[str, httpx.URL] = {}
+        # connect: waiting for a pooled connection, sock_connect: the TCP connect itself,
+        # sock_read: the longest silence while an answer streams (a local model's first token).
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=config.read_timeout_s,
+                                             sock_connect=config.connect_timeout_s,
+                                             sock_read=config.read_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        # Parsed once per path; paths are the adapters' constants, so this stays a handful of entries.
+        self._urls: dict[str, URL] = {}
 
-    async def send(self, method: str, path: str, *, content: bytes | None = None,
-                   headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
-                   timeout: httpx.Timeout | None = None) -> httpx.Response:
-        """Send one request and return the response with its body still unread (read or close it).
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running event loop that will use it.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # Many parallel Claude Code sessions share one router; don't queue behind a tiny pool.
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=0),
+                # A proxy from the environment must not capture loopback backends.
+                trust_env=False)
+        return self._session
 
-        Straight to the transport, not through httpx.AsyncClient: the client's per-call layers
-        (auth flow, redirects, cookies, event hooks) cost about 0.15 ms of CPU per call, a fifth of
-        the router's whole budget for a small request, and an API call needs none of them.
-        Transport failures raise httpx.HTTPError, as through a client.
-        """
+    def _url(self, path: str) -> URL:
         url = self._urls.get(path)
-        if url is None:  # paths are the adapters' constants, so this stays a handful of entries
-            url = self._urls[path] = httpx.URL(self.base_url + path)
-        request = httpx.Request(method, url, content=content, headers=headers, params=params,
-                                extensions={"timeout": (timeout or self.timeout).as_dict()})
-        return await self.transport.handle_async_request(request)
+        if url is None:
+            url = self._urls[path] = URL(self.base_url + path)
+        return url
 
     @contextlib.asynccontextmanager
-    async def open(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
-        """``send`` for a streamed answer: the response is closed (its connection released) on exit."""
-        response = await self.send(method, path, **kwargs)
-        try:
+    async def open(self, method: str, path: str, *, content: bytes | None = None,
+                   headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
+                   timeout: aiohttp.ClientTimeout | None = None) -> AsyncIterator[Response]:
+        """Send one request; the response's body is read inside the block (streamed or whole) and
+        its connection goes back to the pool on exit. Failures raise one of TRANSPORT_ERRORS."""
+        async with self.session.request(method, self._url(path), data=content, headers=headers, params=params,
+                                        timeout=timeout or self.timeout, allow_redirects=False) as response:
             yield response
-        finally:
-            await response.aclose()
 
-    async def fetch(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """``send`` and read the whole answer."""
+    async def fetch(self, method: str, path: str, **kwargs: Any) -> tuple[Response, bytes]:
+        """``open`` and read the whole answer."""
         async with self.open(method, path, **kwargs) as response:
-            await response.aread()
-        return response
+            return response, await response.read()
 
     def api_key(self) -> str | None:
         return os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
@@ -105,21 +115,21 @@ class Backend(ABC):
         """
 
     async def request_json(self, method: str, path: str, *,
-                           check: Callable[[httpx.Response], Awaitable[None]] | None = None,
-                           **kwargs: Any) -> tuple[Any, httpx.Response]:
+                           check: Callable[[Response, bytes], Awaitable[None]] | None = None,
+                           **kwargs: Any) -> tuple[Any, Response]:
         """Send one request and decode its JSON answer. Transport failures and answers that are not
         JSON raise BackendUnavailable (fall back); *check* (default: raise_for_upstream) judges the status."""
         try:
-            response = await self.fetch(method, path, **kwargs)
-            if check is None:
-                await raise_for_upstream(self.name, response)
-            else:
-                await check(response)
-            return msgspec.json.decode(response.content), response
-        except httpx.HTTPError as e:
+            response, body = await self.fetch(method, path, **kwargs)
+            await (check or self._raise_for_upstream)(response, body)
+            return msgspec.json.decode(body), response
+        except TRANSPORT_ERRORS as e:
             raise connection_failure(self.name, e) from e
         except ValueError as e:
             raise BackendUnavailable(self.name, f"{method} {path} did not answer JSON: {e}") from e
+
+    async def _raise_for_upstream(self, response: Response, body: bytes) -> None:
+        raise_for_upstream(self.name, response, body)
 
     async def count_tokens(self, request: Request, ctx: CallContext) -> int | None:
         """Exact input token count from the upstream, or None when it has no such endpoint."""
@@ -133,26 +143,35 @@ class Backend(ABC):
         return []
 
     async def aclose(self) -> None:
-        await self.transport.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
-async def raise_for_upstream(backend: str, response: httpx.Response) -> None:
-    """5xx -> BackendUnavailable (fall back); 4xx -> UpstreamStatusError (the client's problem)."""
-    if response.status_code < 400:
+def raise_for_upstream(backend: str, response: Response, body: bytes) -> None:
+    """5xx -> BackendUnavailable (fall back); 4xx -> UpstreamStatusError (the client's problem).
+
+    *body* is the answer's body (for a streamed answer see ``raise_for_stream_status``).
+    """
+    if response.status < 400:
         return
-    body = await response.aread()
-    if response.status_code >= 500:
-        raise BackendUnavailable(backend, f"HTTP {response.status_code}", response.status_code)
+    if response.status >= 500:
+        raise BackendUnavailable(backend, f"HTTP {response.status}", response.status)
     text = body.decode("utf-8", "replace")[:2000]
-    headers = {k: v for k, v in response.headers.items() if k.lower() in ("retry-after", "x-should-retry")}
-    raise UpstreamStatusError(response.status_code, f"backend {backend!r} answered HTTP "
-                              f"{response.status_code}: {text}", body=body, headers=headers)
+    headers = {k.lower(): v for k, v in response.headers.items() if k.lower() in ("retry-after", "x-should-retry")}
+    raise UpstreamStatusError(response.status, f"backend {backend!r} answered HTTP "
+                              f"{response.status}: {text}", body=body, headers=headers)
+
+
+async def raise_for_stream_status(backend: str, response: Response) -> None:
+    """raise_for_upstream for a streamed answer: its body is read only when the status says it failed."""
+    if response.status >= 400:
+        raise_for_upstream(backend, response, await response.read())
 
 
 def stream_failure(backend: str, exc: Exception, started: bool) -> Exception:
     """A transport or decode error while reading a stream. Before the first event the pipeline can
     still fall back (BackendUnavailable); after it the client has seen part of an answer."""
-    if isinstance(exc, httpx.HTTPError):
+    if isinstance(exc, TRANSPORT_ERRORS):
         if not started:
             return connection_failure(backend, exc)
         return UpstreamError(f"backend {backend!r} failed mid-stream: {type(exc).__name__}: {exc}")
@@ -161,10 +180,6 @@ def stream_failure(backend: str, exc: Exception, started: bool) -> Exception:
     return UpstreamError(f"backend {backend!r} sent a malformed chunk: {exc}")
 
 
-def connection_failure(backend: str, exc: httpx.HTTPError) -> BackendUnavailable:
-    # httpx-aiohttp maps a refused connection (aiohttp.ClientConnectorError) to httpx.ConnectTimeout;
-    # look at the cause so operators read "connection failed", not a misleading "timeout".
-    refused = isinstance(exc.__cause__, aiohttp.ClientConnectorError) and not isinstance(
-        exc.__cause__, aiohttp.ServerTimeoutError)
-    kind = "timeout" if isinstance(exc, httpx.TimeoutException) and not refused else "connection failed"
+def connection_failure(backend: str, exc: BaseException) -> BackendUnavailable:
+    kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection failed"
     return BackendUnavailable(backend, f"{kind}: {type(exc).__name__}: {exc}")

@@ -8,11 +8,10 @@ default context (Claude Code's prompts alone are larger) and unloads them after 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import msgspec
 
 from ..config import TargetConfig
@@ -20,8 +19,10 @@ from ..errors import UpstreamError, UpstreamStatusError
 from ..internal import CallContext, Message, Request, StreamEvent, observe_event
 from .base import (
     JSON_HEADERS,
+    TRANSPORT_ERRORS,
     Backend,
     BackendUnavailable,
+    Response,
     encode_json,
     raise_for_upstream,
     stream_failure,
@@ -238,16 +239,30 @@ def _ollama_error(backend: str, status: int | None, message: str, started: bool)
     return UpstreamStatusError(status, text)
 
 
+async def ndjson_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """The lines of a newline-delimited JSON stream, however the chunks cut them. No length limit:
+    one object can carry a whole tool call's arguments (a file the model writes, say)."""
+    pending = bytearray()
+    async for chunk in chunks:
+        pending += chunk
+        if b"\n" in chunk:  # split only when a line ended: a long line arrives in many chunks
+            *lines, rest = pending.split(b"\n")
+            pending = bytearray(rest)
+            for line in lines:
+                yield bytes(line)
+    if pending:
+        yield bytes(pending)
+
+
 class OllamaBackend(Backend):
-    async def _check(self, response: httpx.Response) -> None:
-        if response.status_code == 404:
-            body = await response.aread()
+    async def _check(self, response: Response, body: bytes) -> None:
+        if response.status == 404:
             try:
                 message = json.loads(body).get("error") or "not found"
             except (ValueError, AttributeError):
                 message = body.decode("utf-8", "replace")[:500] or "not found"
             raise _ollama_error(self.name, 404, str(message), started=False)
-        await raise_for_upstream(self.name, response)
+        raise_for_upstream(self.name, response, body)
 
     async def complete(self, request: Request, target: TargetConfig, ctx: CallContext) -> Message:
         body = to_ollama_request(request, target, stream=False)
@@ -263,8 +278,9 @@ class OllamaBackend(Backend):
         started = done = False
         try:
             async with self.open("POST", "/api/chat", content=encode_json(body), headers=JSON_HEADERS) as response:
-                await self._check(response)
-                async for line in response.aiter_lines():
+                if response.status >= 400:
+                    await self._check(response, await response.read())
+                async for line in ndjson_lines(response.content.iter_any()):
                     if not line.strip():
                         continue
                     chunk = msgspec.json.decode(line)
@@ -278,7 +294,7 @@ class OllamaBackend(Backend):
                         yield event
                     if done:
                         break
-        except (httpx.HTTPError, msgspec.DecodeError) as e:
+        except (*TRANSPORT_ERRORS, msgspec.DecodeError) as e:
             raise stream_failure(self.name, e, started) from e
         if not started:
             raise BackendUnavailable(self.name, "stream ended without any object")

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import msgspec
 
 from .. import sse
@@ -22,10 +21,12 @@ from ..errors import UpstreamError, UpstreamStatusError
 from ..internal import CallContext, Message, Request, StreamEvent, observe_event, text_of
 from .base import (
     JSON_HEADERS,
+    TRANSPORT_ERRORS,
     Backend,
     BackendUnavailable,
+    Response,
     encode_json,
-    raise_for_upstream,
+    raise_for_stream_status,
     stream_failure,
 )
 
@@ -409,9 +410,9 @@ class _StreamTranslator:
                 "delta": {"type": "input_json_delta", "partial_json": fragment}}
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+async def _sse_data(response: Response) -> AsyncIterator[str]:
     """The data of each server-sent event, parsed by the router's one SSE decoder."""
-    async for event in sse.aiter_sse(response.aiter_bytes()):
+    async for event in sse.aiter_sse(response.content.iter_any()):
         yield event.data
 
 
@@ -447,7 +448,7 @@ class OpenAIBackend(Backend):
         try:
             async with self.open("POST", "/chat/completions", content=encode_json(body),
                                  headers=self._headers()) as response:
-                await raise_for_upstream(self.name, response)
+                await raise_for_stream_status(self.name, response)
                 ctx.upstream_request_id = response.headers.get("x-request-id")
                 async for data in _sse_data(response):
                     if data.strip() == "[DONE]":
@@ -462,7 +463,7 @@ class OpenAIBackend(Backend):
                     for event in events:
                         observe_event(ctx.usage, event)
                         yield event
-        except (httpx.HTTPError, msgspec.DecodeError) as e:
+        except (*TRANSPORT_ERRORS, msgspec.DecodeError) as e:
             raise stream_failure(self.name, e, started) from e
         if not started:
             raise BackendUnavailable(self.name, "stream ended without any chunk")

@@ -26,9 +26,6 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     _check_state_dir(config.server.state_dir, config_path)
     logging.basicConfig(level=config.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if config.server.log_level != "debug":
-        # httpx logs every upstream call at INFO; the router's own request line already says it all.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
     app = create_app(config_path, config)
     uvicorn.run(app, host=host or config.server.host, port=port or config.server.port,
                 log_level=config.server.log_level, access_log=False, server_header=False,

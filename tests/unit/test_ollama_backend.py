@@ -211,5 +211,20 @@ async def test_health_tags_and_show(backend: OllamaBackend, fake: FakeOllama) ->
     ok, detail = await backend.health()
     assert ok and detail.startswith("ollama ")
     assert await backend.list_models() == [MODEL]
-    show = await backend.fetch("POST", "/api/show", content=b'{"model": "%s"}' % MODEL.encode())
-    assert "tools" in show.json()["capabilities"]
+    show, _ = await backend.request_json("POST", "/api/show", content=b'{"model": "%s"}' % MODEL.encode())
+    assert "tools" in show["capabilities"]
+
+
+async def test_ndjson_lines_reassembles_lines_however_the_chunks_cut_them() -> None:
+    from aibox_router.backends.ollama import ndjson_lines
+
+    long_line = b'{"message": {"content": "' + b"x" * 200_000 + b'"}}'
+    stream = b'{"a": 1}\n{"b"' + b': 2}\n' + long_line + b"\n" + b'{"done": true}'  # no final newline
+
+    async def chunks(size: int):
+        for i in range(0, len(stream), size):
+            yield stream[i:i + size]
+
+    for size in (1, 7, 4096, len(stream)):
+        lines = [line async for line in ndjson_lines(chunks(size))]
+        assert lines == [b'{"a": 1}', b'{"b": 2}', long_line, b'{"done": true}'], size

@@ -1,19 +1,21 @@
 """OpenAI Chat Completions <-> internal (Anthropic) shape, in both directions.
 
 Inbound: api/openai.py (requests in, responses and SSE chunks out). Outbound: backends/openai.py
-(internal requests to an OpenAI-compatible server, its answers and streams back), driven through
-httpx's MockTransport so every byte the server "sends" is chosen by the test.
+(internal requests to an OpenAI-compatible server, its answers and streams back), against a
+loopback server (tests/doubles/scripted_upstream.py) that sends exactly the bytes the test chose.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import msgspec
 import openai
 import pytest
+from aiohttp import web
 
 from aibox_router.api import openai as api
 from aibox_router.backends import openai as backend_mod
@@ -27,6 +29,7 @@ from aibox_router.errors import (
     UpstreamStatusError,
 )
 from aibox_router.internal import CallContext, message_to_events
+from tests.doubles.scripted_upstream import Seen, reply, scripted_upstream
 
 TARGET = TargetConfig(backend="llama", model="smollm2")
 TOOLS = [{"type": "function", "function": {
@@ -379,11 +382,16 @@ def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **extr
     return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "smollm2", "choices": choices, **extra}
 
 
-def make_backend(handler: Any, api_key_env: str | None = None) -> OpenAIBackend:
-    config = BackendConfig(type="openai", base_url="http://127.0.0.1:9/v1", api_key_env=api_key_env)
-    backend = OpenAIBackend("llama", config)
-    backend.transport = httpx.MockTransport(handler)
-    return backend
+@asynccontextmanager
+async def backend_answering(answer: Any, api_key_env: str | None = None) -> AsyncIterator[OpenAIBackend]:
+    """An OpenAIBackend whose server answers each request with *answer(request)*."""
+    async with scripted_upstream(answer) as upstream:
+        config = BackendConfig(type="openai", base_url=f"{upstream.url}/v1", api_key_env=api_key_env)
+        backend = OpenAIBackend("llama", config)
+        try:
+            yield backend
+        finally:
+            await backend.aclose()
 
 
 async def collect(backend: OpenAIBackend, request: dict[str, Any], ctx: CallContext) -> list[dict[str, Any]]:
@@ -395,11 +403,11 @@ REQUEST = {"model": "smollm2", "max_tokens": 100, "messages": [{"role": "user", 
 
 async def test_backend_complete_with_tool_call_and_bearer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLAMA_KEY", "sekret")
-    seen: list[httpx.Request] = []
+    seen: list[Seen] = []
 
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: Seen) -> web.Response:
         seen.append(req)
-        return httpx.Response(200, json={
+        return reply(200, json_body={
             "id": "chatcmpl-9", "object": "chat.completion", "model": "smollm2",
             "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
                 "role": "assistant", "content": None, "tool_calls": [
@@ -409,8 +417,9 @@ async def test_backend_complete_with_tool_call_and_bearer(monkeypatch: pytest.Mo
                       "prompt_tokens_details": {"cached_tokens": 30}}})
 
     ctx = CallContext()
-    message = await make_backend(handler, "LLAMA_KEY").complete(REQUEST, TARGET, ctx)
-    assert str(seen[0].url) == "http://127.0.0.1:9/v1/chat/completions"
+    async with backend_answering(handler, "LLAMA_KEY") as backend:
+        message = await backend.complete(REQUEST, TARGET, ctx)
+    assert seen[0].path == "/v1/chat/completions"
     assert seen[0].headers["authorization"] == "Bearer sekret"
     assert message["content"] == [{"type": "tool_use", "id": "call_x", "name": "get_weather",
                                    "input": {"city": "Oslo"}}]
@@ -438,12 +447,13 @@ async def test_backend_stream_tool_fragments_and_trailing_usage() -> None:
     )
     sent: list[dict[str, Any]] = []
 
-    def handler(req: httpx.Request) -> httpx.Response:
-        sent.append(json.loads(req.content))
-        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    def handler(req: Seen) -> web.Response:
+        sent.append(req.json())
+        return reply(200, content=body, headers={"content-type": "text/event-stream"})
 
     ctx = CallContext()
-    events = await collect(make_backend(handler), REQUEST, ctx)
+    async with backend_answering(handler) as backend:
+        events = await collect(backend, REQUEST, ctx)
     assert sent[0]["stream"] is True and sent[0]["stream_options"] == {"include_usage": True}
     types = [e["type"] for e in events]
     assert types[0] == "message_start" and types[-2:] == ["message_delta", "message_stop"]
@@ -464,7 +474,8 @@ async def test_backend_stream_without_usage_estimates_and_flags() -> None:
     body = sse(chunk({"role": "assistant"}), chunk({"content": "Hello there, friend!"}), chunk({}, "length"),
                b"[DONE]")
     ctx = CallContext()
-    events = await collect(make_backend(lambda req: httpx.Response(200, content=body)), REQUEST, ctx)
+    async with backend_answering(lambda req: reply(200, content=body)) as backend:
+        events = await collect(backend, REQUEST, ctx)
     delta = events[-2]
     assert delta["delta"]["stop_reason"] == "max_tokens"
     assert delta["usage"]["output_tokens"] == 5  # 20 characters / 4
@@ -475,11 +486,13 @@ async def test_backend_stream_without_usage_estimates_and_flags() -> None:
 
 async def test_backend_stream_error_before_first_chunk_falls_back() -> None:
     body = sse({"error": {"message": "model crashed", "code": 500}})
-    with pytest.raises(BackendUnavailable):
-        await collect(make_backend(lambda req: httpx.Response(200, content=body)), REQUEST, CallContext())
+    async with backend_answering(lambda req: reply(200, content=body)) as backend:
+        with pytest.raises(BackendUnavailable):
+            await collect(backend, REQUEST, CallContext())
     body = sse({"error": {"message": "prompt too long", "code": 400, "type": "exceed_context_size_error"}})
-    with pytest.raises(UpstreamStatusError) as info:
-        await collect(make_backend(lambda req: httpx.Response(200, content=body)), REQUEST, CallContext())
+    async with backend_answering(lambda req: reply(200, content=body)) as backend:
+        with pytest.raises(UpstreamStatusError) as info:
+            await collect(backend, REQUEST, CallContext())
     assert info.value.status == 400
 
 
@@ -487,26 +500,27 @@ async def test_backend_stream_cut_off_mid_answer_is_an_error() -> None:
     body = sse(chunk({"role": "assistant"}), chunk({"content": "Half an ans"}))
     ctx = CallContext()
     events: list[dict[str, Any]] = []
-    with pytest.raises(UpstreamError):
-        async for event in make_backend(lambda req: httpx.Response(200, content=body)).stream(REQUEST, TARGET, ctx):
-            events.append(event)
+    async with backend_answering(lambda req: reply(200, content=body)) as backend:
+        with pytest.raises(UpstreamError):
+            async for event in backend.stream(REQUEST, TARGET, ctx):
+                events.append(event)
     assert events[0]["type"] == "message_start"
     assert ctx.usage.estimated and ctx.usage.input_tokens > 0  # the estimate stands for accounting
 
 
 @pytest.mark.parametrize("status", [500, 503])
 async def test_backend_5xx_is_unavailable(status: int) -> None:
-    backend = make_backend(lambda req: httpx.Response(status, json={"error": "boom"}))
-    with pytest.raises(BackendUnavailable):
-        await backend.complete(REQUEST, TARGET, CallContext())
-    with pytest.raises(BackendUnavailable):
-        await collect(backend, REQUEST, CallContext())
+    async with backend_answering(lambda req: reply(status, json_body={"error": "boom"})) as backend:
+        with pytest.raises(BackendUnavailable):
+            await backend.complete(REQUEST, TARGET, CallContext())
+        with pytest.raises(BackendUnavailable):
+            await collect(backend, REQUEST, CallContext())
 
 
 async def test_backend_4xx_goes_to_client() -> None:
-    backend = make_backend(lambda req: httpx.Response(400, json={"error": {"message": "bad"}}))
-    with pytest.raises(UpstreamStatusError) as info:
-        await backend.complete(REQUEST, TARGET, CallContext())
+    async with backend_answering(lambda req: reply(400, json_body={"error": {"message": "bad"}})) as backend:
+        with pytest.raises(UpstreamStatusError) as info:
+            await backend.complete(REQUEST, TARGET, CallContext())
     assert info.value.status == 400
 
 
@@ -524,13 +538,13 @@ async def test_backend_connection_refused_is_unavailable_and_health_false() -> N
 
 
 async def test_backend_models_and_health() -> None:
-    def handler(req: httpx.Request) -> httpx.Response:
-        assert req.url.path == "/v1/models"
-        return httpx.Response(200, json={"object": "list", "data": [{"id": "smollm2"}, {"id": "qwen"}]})
+    def handler(req: Seen) -> web.Response:
+        assert req.path == "/v1/models"
+        return reply(200, json_body={"object": "list", "data": [{"id": "smollm2"}, {"id": "qwen"}]})
 
-    backend = make_backend(handler)
-    assert await backend.list_models() == ["smollm2", "qwen"]
-    assert await backend.health() == (True, "2 model(s)")
+    async with backend_answering(handler) as backend:
+        assert await backend.list_models() == ["smollm2", "qwen"]
+        assert await backend.health() == (True, "2 model(s)")
 
 
 def test_malformed_tool_arguments_are_kept_visible() -> None:
