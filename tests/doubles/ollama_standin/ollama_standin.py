@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -55,7 +55,7 @@ def _manifest_path(name: str) -> Path:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _read_models() -> list[dict]:
@@ -109,7 +109,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt: str, *args: object) -> None:  # journald gets one line per request
-        sys.stderr.write("[standin] %s %s\n" % (self.address_string(), fmt % args))
+        sys.stderr.write(f"[standin] {self.address_string()} {fmt % args}\n")
 
     # -- helpers --------------------------------------------------------------------
     def _body(self) -> dict:
