@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -115,21 +115,21 @@ class Backend(ABC):
         """
 
     async def request_json(self, method: str, path: str, *,
-                           check: Callable[[Response, bytes], Awaitable[None]] | None = None,
+                           check: Callable[[Response, bytes], None] | None = None,
                            **kwargs: Any) -> tuple[Any, Response]:
         """Send one request and decode its JSON answer. Transport failures and answers that are not
         JSON raise BackendUnavailable (fall back); *check* (default: raise_for_upstream) judges the status."""
         try:
             response, body = await self.fetch(method, path, **kwargs)
-            await (check or self._raise_for_upstream)(response, body)
+            if check is None:
+                raise_for_upstream(self.name, response, body)
+            else:
+                check(response, body)
             return msgspec.json.decode(body), response
         except TRANSPORT_ERRORS as e:
             raise connection_failure(self.name, e) from e
         except ValueError as e:
             raise BackendUnavailable(self.name, f"{method} {path} did not answer JSON: {e}") from e
-
-    async def _raise_for_upstream(self, response: Response, body: bytes) -> None:
-        raise_for_upstream(self.name, response, body)
 
     async def count_tokens(self, request: Request, ctx: CallContext) -> int | None:
         """Exact input token count from the upstream, or None when it has no such endpoint."""

@@ -255,7 +255,7 @@ async def ndjson_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
 
 
 class OllamaBackend(Backend):
-    async def _check(self, response: Response, body: bytes) -> None:
+    def _check(self, response: Response, body: bytes) -> None:
         if response.status == 404:
             try:
                 message = json.loads(body).get("error") or "not found"
@@ -279,7 +279,7 @@ class OllamaBackend(Backend):
         try:
             async with self.open("POST", "/api/chat", content=encode_json(body), headers=JSON_HEADERS) as response:
                 if response.status >= 400:
-                    await self._check(response, await response.read())
+                    self._check(response, await response.read())
                 async for line in ndjson_lines(response.content.iter_any()):
                     if not line.strip():
                         continue

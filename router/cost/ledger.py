@@ -158,6 +158,14 @@ _COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow) if f.name !=
 _INSERT_SQL = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
+def _insert_on(conn: sqlite3.Connection, row: LedgerRow) -> int:
+    # In autocommit mode a lone INSERT is its own transaction: committed (and fsynced, if the
+    # connection is set to) when execute returns.
+    cur = conn.execute(_INSERT_SQL, [_to_sql(getattr(row, name)) for name in _COLUMNS])
+    row.id = int(cur.lastrowid or 0)
+    return row.id
+
+
 def _to_sql(value: object) -> object:
     if isinstance(value, bool):
         return int(value)
@@ -307,23 +315,15 @@ class SqliteLedger:
         return conn
 
     def insert(self, row: LedgerRow, *, durable: bool = True) -> int:
-        values = [_to_sql(getattr(row, name)) for name in _COLUMNS]
-        conn = self._writer(durable)
-        # In autocommit mode a lone INSERT is its own transaction: committed (and, when durable,
-        # fsynced) when execute returns.
-        cur = conn.execute(_INSERT_SQL, values)
-        row.id = int(cur.lastrowid or 0)
-        return row.id
+        return _insert_on(self._writer(durable), row)
 
     def try_insert(self, row: LedgerRow) -> int | None:
         try:
-            cur = self._nowait_conn().execute(_INSERT_SQL, [_to_sql(getattr(row, name)) for name in _COLUMNS])
+            return _insert_on(self._nowait_conn(), row)
         except sqlite3.OperationalError as e:
             if e.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 return None
             raise
-        row.id = int(cur.lastrowid or 0)
-        return row.id
 
     def _nowait_conn(self) -> sqlite3.Connection:
         """This thread's second connection: never waits for a lock, never fsyncs, never checkpoints
