@@ -28,6 +28,7 @@ from .base import (
     stream_failure,
 )
 from .openai import (
+    chat_messages,
     estimate_prompt_tokens,
     finish_usage,
     function_tools,
@@ -36,7 +37,6 @@ from .openai import (
     new_message_id,
     new_tool_id,
     parse_arguments,
-    system_texts,
     tool_names_by_id,
     tool_result_text,
 )
@@ -46,19 +46,8 @@ from .openai import (
 
 
 def to_ollama_messages(request: Request) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [{"role": "system", "content": t} for t in system_texts(request)]
     names = tool_names_by_id(request)
-    for message in request.get("messages") or []:
-        role, content = message.get("role"), message.get("content")
-        if role == "system":
-            continue  # already in front, with the top-level system prompt
-        if isinstance(content, str):
-            out.append({"role": role, "content": content})
-        elif role == "assistant":
-            out.append(_assistant_message(content or []))
-        else:
-            out.extend(_user_messages(content or [], names))
-    return out
+    return chat_messages(request, _assistant_message, lambda blocks: _user_messages(blocks, names))
 
 
 def _assistant_message(blocks: list[dict[str, Any]]) -> dict[str, Any]:

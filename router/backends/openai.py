@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +139,27 @@ def estimate_prompt_tokens(request: Request) -> int:
     return estimate_tokens(chars)
 
 
+Blocks = list[dict[str, Any]]
+
+
+def chat_messages(request: Request, assistant_message: Callable[[Blocks], dict[str, Any]],
+                  user_messages: Callable[[Blocks], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The conversation as chat messages: the system texts first, then each turn; a turn made
+    of content blocks is built by the wire format's own *assistant_message* / *user_messages*."""
+    out: list[dict[str, Any]] = [{"role": "system", "content": t} for t in system_texts(request)]
+    for message in request.get("messages") or []:
+        role, content = message.get("role"), message.get("content")
+        if role == "system":
+            continue  # already in front, with the top-level system prompt
+        if isinstance(content, str):
+            out.append({"role": role, "content": content})
+        elif role == "assistant":
+            out.append(assistant_message(content or []))
+        else:
+            out.extend(user_messages(content or []))
+    return out
+
+
 def message_skeleton(message_id: str, model: str, input_tokens: int) -> Message:
     return {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None,
@@ -162,18 +183,7 @@ def finish_usage(ctx: CallContext, request: Request, input_tokens: int | None, o
 
 
 def to_openai_messages(request: Request) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [{"role": "system", "content": t} for t in system_texts(request)]
-    for message in request.get("messages") or []:
-        role, content = message.get("role"), message.get("content")
-        if role == "system":
-            continue  # already in front, with the top-level system prompt
-        if isinstance(content, str):
-            out.append({"role": role, "content": content})
-        elif role == "assistant":
-            out.append(_assistant_message(content or []))
-        else:
-            out.extend(_user_messages(content or []))
-    return out
+    return chat_messages(request, _assistant_message, _user_messages)
 
 
 def _assistant_message(blocks: list[dict[str, Any]]) -> dict[str, Any]:
