@@ -107,6 +107,13 @@ class _Call:
         )
         self._settled = False
 
+    def outcome(self, plan: Plan, *, message: Message | None = None,
+                events: AsyncIterator[StreamEvent] | None = None) -> Outcome:
+        """The answer this call gave: a whole message, or the events of a stream."""
+        return Outcome(plan, self.target_name, self.target.backend, self.target.model,
+                       fallback=self.record.fallback, downgraded=self.record.downgraded,
+                       message=message, events=events)
+
     def observe(self, event: StreamEvent) -> None:
         if event.get("type") == "content_block_delta":
             if self.first_token is None:
@@ -157,7 +164,7 @@ async def _no_target_error(runtime: Runtime, plan: Plan, protocol: str, stream: 
 
 
 async def _attempts(runtime: Runtime, plan: Plan, request: Request, protocol: str, stream: bool,
-                    refusals: list[str]) -> AsyncIterator[_Call]:
+                    refusals: list[str], forward_headers: dict[str, str] | None) -> AsyncIterator[_Call]:
     """Yield a call for each target in the chain the budget allows; note refusals in *refusals*."""
     downgraded = False
     for index, target_name in enumerate(plan.chain):
@@ -171,7 +178,15 @@ async def _attempts(runtime: Runtime, plan: Plan, request: Request, protocol: st
             call.reservation = admission.reservation
         # Counted from now, so concurrent requests cannot all slip under a rule's daily_limit.
         runtime.accounting.rule_started(plan.decision.rule)
+        call.ctx.forward_headers = dict(forward_headers or {})
         yield call
+
+
+async def _pass_over(call: _Call, e: BackendUnavailable, failures: list[str]) -> None:
+    """A target that could not answer: note why for the final error, and settle its call."""
+    failures.append(f"{call.target_name}: {e.reason}")
+    log.warning("target %s unavailable (%s); trying the next in the chain", call.target_name, e.reason)
+    await call.settle("error", e.status or 502, e.reason)
 
 
 async def complete(runtime: Runtime, request: Request, *, client: str, protocol: str,
@@ -182,14 +197,11 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
                                 body_size=body_size or len(str(request)), override=override)
     failures: list[str] = []
     refusals: list[str] = []
-    async for call in _attempts(runtime, plan, request, protocol, False, refusals):
-        call.ctx.forward_headers = dict(forward_headers or {})
+    async for call in _attempts(runtime, plan, request, protocol, False, refusals, forward_headers):
         try:
             message = await call.backend.complete(_prepare(request, call.target), call.target, call.ctx)
         except BackendUnavailable as e:
-            failures.append(f"{call.target_name}: {e.reason}")
-            log.warning("target %s unavailable (%s); trying the next in the chain", call.target_name, e.reason)
-            await call.settle("error", e.status or 502, e.reason)
+            await _pass_over(call, e, failures)
             continue
         except UpstreamStatusError as e:
             await call.settle("error", e.status, e.message)
@@ -201,8 +213,7 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
         call.ctx.usage.update_from(message.get("usage"))
         call.first_token = call.first_token or time.perf_counter()
         await call.settle("ok")
-        return Outcome(plan, call.target_name, call.target.backend, call.target.model,
-                       fallback=call.record.fallback, downgraded=call.record.downgraded, message=message)
+        return call.outcome(plan, message=message)
     raise await _no_target_error(runtime, plan, protocol, False, refusals, failures)
 
 
@@ -218,15 +229,12 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
                                 body_size=body_size or len(str(request)), override=override)
     failures: list[str] = []
     refusals: list[str] = []
-    async for call in _attempts(runtime, plan, request, protocol, True, refusals):
-        call.ctx.forward_headers = dict(forward_headers or {})
+    async for call in _attempts(runtime, plan, request, protocol, True, refusals, forward_headers):
         upstream = call.backend.stream(_prepare(request, call.target), call.target, call.ctx)
         try:
             first = await upstream.__anext__()
         except BackendUnavailable as e:
-            failures.append(f"{call.target_name}: {e.reason}")
-            log.warning("target %s unavailable (%s); trying the next in the chain", call.target_name, e.reason)
-            await call.settle("error", e.status or 502, e.reason)
+            await _pass_over(call, e, failures)
             continue
         except StopAsyncIteration:
             failures.append(f"{call.target_name}: empty stream")
@@ -238,9 +246,7 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
         except BaseException as e:
             await asyncio.shield(call.settle("error", 500, repr(e)))
             raise
-        return Outcome(plan, call.target_name, call.target.backend, call.target.model,
-                       fallback=call.record.fallback, downgraded=call.record.downgraded,
-                       events=_relay(call, first, upstream))
+        return call.outcome(plan, events=_relay(call, first, upstream))
     raise await _no_target_error(runtime, plan, protocol, True, refusals, failures)
 
 
