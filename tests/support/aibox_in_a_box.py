@@ -28,7 +28,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from tests.doubles.ollama_standin.build import build as build_standin
-from tests.support.testhost import TestHost
+from tests.support.testhost import DEFAULT_NAME, DEFAULT_NET, TestHost
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -108,41 +108,69 @@ def playbook_command(inventory: Path, playbook: str, http_url: str, source_dir: 
             "-e", json.dumps({"aibox_test_http": http_url, "router_source_dir": str(source_dir), **(extra or {})})]
 
 
-def up(name: str, net: str) -> int:
-    host = TestHost(name=name, net=net)
-    say(f"booting the test host {name} ({net})")
-    host.up()
-    work = CACHE / "aibox-in-a-box" / name
+def converge(host: TestHost, playbook: str = "site.yml", ansible_args: list[str] | None = None) -> int:
+    """Converge PLAYBOOK into the (running) test host with the test-host variables; Ansible's exit code."""
+    work = CACHE / "aibox-in-a-box" / host.name
     shutil.rmtree(work, ignore_errors=True)
     source = snapshot_sources(work / "router-src")
     root = build_http_root(work / "http", source)
-    with serve_http(host_side_ip(net), root) as url:
-        say("converging site.yml into it (Ansible's progress follows)")
-        rc = subprocess.call(playbook_command(host.inventory, "site.yml", url, source), cwd=REPO, env=ansible_env())
+    with serve_http(host_side_ip(host.net), root) as url:
+        say(f"converging {playbook} into {host.name} (Ansible's progress follows)")
+        cmd = [*playbook_command(host.inventory, playbook, url, source), *(ansible_args or [])]
+        return subprocess.call(cmd, cwd=REPO, env=ansible_env())
+
+
+def verify_command(inventory: Path, host_pattern: str = "aibox", extra: list[str] | None = None) -> list[str]:
+    """testinfra's suite against an Ansible inventory (its backend runs ansible-inventory from PATH)."""
+    return [str(VENV_BIN / "python"), "-m", "pytest", "-p", "no:cacheprovider", str(REPO / "tests" / "infra"),
+            f"--hosts=ansible://{host_pattern}", f"--ansible-inventory={inventory}", *(extra or [])]
+
+
+def up(host: TestHost) -> int:
+    say(f"booting the test host {host.name} ({host.net})")
+    host.up()
+    rc = converge(host)
     if rc != 0:
-        say(f"site.yml failed (exit {rc}); the host stays up for a look: scripts/testhost ssh --name {name}")
+        say(f"site.yml failed (exit {rc}); the host stays up for a look: ./aibox ssh")
         return rc
-    ssh_config = host.ssh_config
     print(f"""
 The aibox in a box is up: Debian 12 with systemd at {host.ip}, site.yml converged.
-  router status:  scripts/testhost ssh --name {name} -- runuser -u aibox-router -- \\
+  router status:  ./aibox ssh -- runuser -u aibox-router -- \\
                     /opt/aibox-router/venv/bin/aibox-router status -c /etc/aibox-router/config.yml
-  use the router: ssh -F {ssh_config} -N -L 8088:127.0.0.1:8088 aibox &
+  use the router: ssh -F {host.ssh_config} -N -L 8088:127.0.0.1:8088 aibox &
                   export ANTHROPIC_BASE_URL=http://127.0.0.1:8088
                   export ANTHROPIC_API_KEY=test-client-key-0123456789abcdef   # the test host's client key
-  verify it:      .venv/bin/pytest tests/infra --hosts=ansible://aibox --ansible-inventory={host.inventory}
+  verify it:      ./aibox verify
+  re-converge:    ./aibox converge [PLAYBOOK] [ansible-playbook options, e.g. --check --diff]
   tear it down:   ./aibox down
 (Ollama on the test host is the test stand-in: it answers with canned text, not a real model.)""")
     return 0
 
 
-def main() -> None:
+def _running_host(name: str, net: str | None) -> TestHost:
+    host = TestHost(name=name, net=net)
+    if not host.is_up():
+        say(f"the test host {name} is not up: run ./aibox up first")
+        sys.exit(3)
+    host.inventory = host.dir / "inventory" / "hosts.yml"
+    return host
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["up"])
-    ap.add_argument("--name", default="aibox-box")
-    ap.add_argument("--net", default=os.environ.get("AIBOX_TESTHOST_NET", "10.231.91.0/30"))
-    args = ap.parse_args()
-    sys.exit(up(args.name, args.net))
+    ap.add_argument("command", choices=["up", "converge", "verify"],
+                    help="up: boot and converge site.yml; converge: re-run a playbook into the running host;"
+                         " verify: run the testinfra suite against it")
+    ap.add_argument("--name", default=DEFAULT_NAME, help=f"test host name (default {DEFAULT_NAME})")
+    ap.add_argument("--net", default=None, help=f"its /30 (default {DEFAULT_NET})")
+    ap.add_argument("--playbook", default="site.yml", help="converge: the playbook (default site.yml)")
+    args, rest = ap.parse_known_args(argv)
+    if args.command == "up":
+        sys.exit(up(TestHost(name=args.name, net=args.net)))
+    host = _running_host(args.name, args.net)
+    if args.command == "converge":
+        sys.exit(converge(host, args.playbook, rest))
+    sys.exit(subprocess.call(verify_command(host.inventory, extra=rest), cwd=REPO, env=ansible_env()))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """A real systemd test host for provisioning tests: a thin wrapper around ``scripts/testhost``.
 
+    host = TestHost()                 # the default host: scripts/testhost.defaults
     host = TestHost(name="aibox-selftest", net="10.231.89.0/30")
     host.up()                         # boots it; progress streams to stderr
     host.run("systemctl is-system-running").stdout
@@ -24,6 +25,18 @@ SCRIPT = REPO_ROOT / "scripts" / "testhost"
 DEFAULT_STATE = Path("/var/lib/aibox-testhost")
 
 
+def _read_defaults(path: Path = REPO_ROOT / "scripts" / "testhost.defaults") -> dict[str, str]:
+    """``scripts/testhost.defaults``: the one home of the default host's name and net (KEY=value lines)."""
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+_DEFAULTS = _read_defaults()
+#: The default host, "the aibox in a box" (./aibox up); the environment overrides it as for the script.
+DEFAULT_NAME = os.environ.get("AIBOX_TESTHOST_NAME") or _DEFAULTS["NAME"]
+DEFAULT_NET = os.environ.get("AIBOX_TESTHOST_NET") or _DEFAULTS["NET"]
+
+
 class TestHostError(RuntimeError):
     pass
 
@@ -35,13 +48,13 @@ class TestHost:
 
     def __init__(
         self,
-        name: str = "aibox-test",
+        name: str = DEFAULT_NAME,
         net: str | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         script: str | os.PathLike[str] = SCRIPT,
     ):
         self.name = name
-        self.net = net
+        self.net = net or DEFAULT_NET
         self.script = Path(script)
         self.state_root = Path(state_dir or os.environ.get("AIBOX_TESTHOST_STATE") or DEFAULT_STATE)
         self.dir = self.state_root / name
