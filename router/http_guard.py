@@ -152,7 +152,7 @@ class RequestGuard:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 headers.append(id_header)
-                if body_pending:
+                if body_pending and not any(name.lower() == b"connection" for name, _ in headers):
                     # Answered before the body was read (refused, or not a route): the rest of
                     # the body must not keep the connection, nor be parsed as a next request.
                     headers.append((b"connection", b"close"))
