@@ -52,8 +52,10 @@ def guarded_protocol(limits: HeadLimits, render_for_path: Callable[[str], Render
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _head_timer: asyncio.TimerHandle | None = None
-        _head_bytes = 0
+        _head_bytes = 0  # bytes received while the head is incomplete (catches a head never finished)
+        _head_size = 0  # the parsed head's size (catches a whole oversize head in one read)
         _in_head = True
+        _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -64,6 +66,8 @@ def guarded_protocol(limits: HeadLimits, render_for_path: Callable[[str], Render
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
             if self._in_head:
                 self._head_bytes += len(data)
             super().data_received(data)
@@ -75,15 +79,35 @@ def guarded_protocol(limits: HeadLimits, render_for_path: Callable[[str], Render
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._head_size = 0
             if self._head_timer is None:
                 self._start_head()
+
+        def on_url(self, url: bytes) -> None:
+            self._head_size += len(url)
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._head_size += len(name) + len(value) + 4
+            super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             self._in_head = False
             self._cancel_head_timer()
+            if self._head_size > limits.max_header_bytes:
+                self._refuse(431, "Request Header Fields Too Large",
+                             f"The request's headers exceed the router's limit of {limits.max_header_bytes} "
+                             "bytes (server.max_header_bytes).")
+                return
             super().on_headers_complete()
 
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
         def on_message_complete(self) -> None:
+            if self._refused:
+                return
             super().on_message_complete()
             self._in_head, self._head_bytes = True, 0  # the next request on this connection
 
@@ -107,6 +131,7 @@ def guarded_protocol(limits: HeadLimits, render_for_path: Callable[[str], Render
                                                      f"{limits.header_timeout_s:g} s (server.header_timeout_s).")
 
         def _refuse(self, status: int, reason: str, message: str) -> None:
+            self._refused = True
             self._cancel_head_timer()
             peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
             log.warning("%s from %s: %s", status, peer, message)
