@@ -67,7 +67,7 @@ def parse_request(body: bytes) -> tuple[Request, OpenAIOptions]:
         raise InvalidRequestError("functions: legacy function calling is not supported; use `tools`")
     n = data.get("n")
     if n is not None and (not checks.is_int(n) or n != 1):
-        raise InvalidRequestError(f"n: only 1 choice is supported, found {kind(n)}")
+        raise InvalidRequestError(f"n: only 1 choice is supported, found {n if checks.is_int(n) else kind(n)}")
 
     model = checks.model_name(data.get("model"))
     optional(data, "user", "", is_string, "a string")
