@@ -82,12 +82,18 @@ def optional(obj: dict[str, Any], key: str, field: str, check: Callable[[Any], b
 
 def shallow_json(value: Any, field: str, limit: int = MAX_JSON_DEPTH) -> None:
     """Refuse free-form JSON nested deeper than *limit* levels."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            raise InvalidRequestError(f"{field}: nested deeper than {limit} levels")
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+    if not _within(value, limit):
+        raise InvalidRequestError(f"{field}: nested deeper than {limit} levels")
+
+
+def _within(node: Any, levels: int) -> bool:
+    # Recursion is bounded by *levels*; scalars, the bulk of any tool input, cost one type check.
+    if levels == 0:
+        return False
+    kind_ = type(node)
+    values = node.values() if kind_ is dict else node if kind_ is list else ()
+    for v in values:
+        t = type(v)
+        if (t is dict or t is list) and not _within(v, levels - 1):
+            return False
+    return True
