@@ -365,3 +365,43 @@ def test_image_urls_do_not_reach_openai_compatible_backends():
     assert "10.0.0.5" not in sent and URL_IMAGE_NOTE in sent and "data:image/png;base64,iVBOR" in sent
     allowed = json.dumps(to_openai_request(request, target, stream=False, allow_image_urls=True))
     assert "http://10.0.0.5/admin" in allowed
+
+
+async def test_requests_past_max_concurrent_get_503_in_the_callers_shape():
+    import asyncio
+
+    from aibox_router.http_guard import RequestGuard
+    from aibox_router.server import render_for_path
+
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = RequestGuard(slow_app, max_concurrent=lambda: 2, render_for_path=render_for_path)
+
+    async def call(path):
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await guard({"type": "http", "method": "POST", "path": path, "headers": []}, receive, send)
+        return sent
+
+    held = [asyncio.create_task(call("/v1/messages")) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    refused = await call("/v1/chat/completions")
+    assert refused[0]["status"] == 503 and (b"retry-after", b"1") in refused[0]["headers"]
+    assert json.loads(refused[1]["body"])["error"]["type"] == "server_overloaded"
+    refused = await call("/v1/messages")
+    assert json.loads(refused[1]["body"])["error"]["type"] == "overloaded_error"
+    release.set()
+    for task in held:
+        assert (await task)[0]["status"] == 200
+    assert guard.active == 0 and (await call("/v1/messages"))[0]["status"] == 200
