@@ -415,7 +415,10 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
     async def server_error(request: HTTPRequest, exc: Exception) -> Response:
         """The last resort: an exception no endpoint caught, as a 500 in the protocol's shape."""
         err = _unexpected(request, exc, f"in {request.method} {request.url.path[:200]}")
-        return _error_response(err, render_for_path(request.url.path))
+        response = _error_response(err, render_for_path(request.url.path))
+        # This answer bypasses RequestGuard (the last-resort handler sits outside all middleware).
+        response.headers["x-aibox-request-id"] = _request_id(request)
+        return response
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -405,3 +405,18 @@ async def test_requests_past_max_concurrent_get_503_in_the_callers_shape():
     for task in held:
         assert (await task)[0]["status"] == 200
     assert guard.active == 0 and (await call("/v1/messages"))[0]["status"] == 200
+
+
+def test_an_error_no_endpoint_catches_is_a_500_in_shape_with_its_request_id(app_client, monkeypatch, caplog):
+    from aibox_router import server
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("models listing bug")
+
+    monkeypatch.setattr(server.openai_api, "models_list", broken)
+    with caplog.at_level(logging.ERROR, logger="aibox_router.server"):
+        r = app_client.get("/v1/models", headers=A)
+    message = assert_openai_error(r, 500)
+    request_id = r.headers["x-aibox-request-id"]
+    assert request_id in message and "models listing bug" not in message
+    assert any(request_id in rec.getMessage() for rec in caplog.records)
