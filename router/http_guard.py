@@ -193,7 +193,8 @@ class RequestGuard:
     async def _overloaded(self, scope: dict[str, Any], send: Any, id_header: tuple[bytes, bytes]) -> None:
         err = OverloadedError(f"The router is serving its limit of {self._max_concurrent()} requests "
                               "(server.max_concurrent_requests); retry shortly.")
-        log.warning("503 %s %s: over server.max_concurrent_requests", scope.get("method"), scope.get("path"))
+        log.warning("503 %s %r: over server.max_concurrent_requests", scope.get("method"),
+                    str(scope.get("path", ""))[:200])
         body = self._render_for_path(scope.get("path", ""))(err)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"retry-after", b"1"), id_header]

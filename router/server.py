@@ -414,7 +414,8 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
 
     async def server_error(request: HTTPRequest, exc: Exception) -> Response:
         """The last resort: an exception no endpoint caught, as a 500 in the protocol's shape."""
-        err = _unexpected(request, exc, f"in {request.method} {request.url.path[:200]}")
+        # repr: the path is the client's text (percent-decoded, so it may hold a line break).
+        err = _unexpected(request, exc, f"in {request.method} {request.url.path[:200]!r}")
         response = _error_response(err, render_for_path(request.url.path))
         # This answer bypasses RequestGuard (the last-resort handler sits outside all middleware).
         response.headers["x-aibox-request-id"] = _request_id(request)
