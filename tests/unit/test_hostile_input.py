@@ -133,7 +133,7 @@ def _fields_and_wrong_values(fields: dict[tuple, set[str]]):
         lambda path: st.tuples(st.just(path), wrong_values(path, fields[path])))
 
 
-HYPOTHESIS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+HYPOTHESIS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @HYPOTHESIS
