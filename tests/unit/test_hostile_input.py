@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 from typing import Any
 
@@ -420,3 +421,24 @@ def test_an_error_no_endpoint_catches_is_a_500_in_shape_with_its_request_id(app_
     request_id = r.headers["x-aibox-request-id"]
     assert request_id in message and "models listing bug" not in message
     assert any(request_id in rec.getMessage() for rec in caplog.records)
+
+
+def test_hardening_keys_are_checked_with_their_paths(tmp_path):
+    from aibox_router.errors import ConfigError
+
+    base = {"backends": {"o": {"type": "ollama", "base_url": "http://127.0.0.1:1"}},
+            "targets": {"local": {"backend": "o", "model": "m"}}, "default_target": "local"}
+    cases = [
+        ({"server": {"header_timeout_s": 0}}, "server.header_timeout_s: expected a number > 0, found 0"),
+        ({"server": {"open_probes_to": ["10.0.0.0/33"]}}, "server.open_probes_to[0]: '10.0.0.0/33' is not"),
+        ({"server": {"metrics_token": "short"}}, "server.metrics_token: shorter than 16 characters"),
+        ({"clients": [{"name": "a", "key": "k" * 16, "targets": ["cloud"]}]},
+         "clients[0].targets[0]: unknown target 'cloud'"),
+        ({"clients": [{"name": "a", "key": "k" * 16, "targets": []}]}, "clients[0].targets: empty list"),
+    ]
+    for extra, expected in cases:
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            parse_config({**base, **extra}, source="router.yml", env={})
+    cfg = parse_config(base, env={})
+    assert cfg.server.open_probes_to == ["127.0.0.0/8", "::1"] and cfg.server.metrics_token is None
+    assert cfg.client_targets("anyone") is None
