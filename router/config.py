@@ -31,13 +31,35 @@ class ServerConfig(_Base, kw_only=True):
     state_dir: str = "/var/lib/aibox-router"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Upper bound on a request body; Claude Code's requests are ~80-120 KB, images can be more.
+    # Refused with 413 from the announced Content-Length, or as soon as a chunked body passes it.
     max_body_bytes: int = 32 * 1024 * 1024
+    # Request line plus headers; Claude Code sends about 1 KB. Larger heads get 431.
+    max_header_bytes: int = 64 * 1024
+    # A request's head must arrive within header_timeout_s of its first byte (or of the connection
+    # opening), its body within body_timeout_s of the head: slow-drip clients cannot hold sockets.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    # Idle time a kept-alive connection may wait for its next request (Claude Code reuses them).
+    keep_alive_timeout_s: float = 75.0
+    # Open connections (idle keep-alive ones included); past it new requests get 503.
+    max_connections: int = 1024
+    # Requests being served at once (a stream counts until it ends); past it: 503 in the caller's shape.
+    max_concurrent_requests: int = 256
+    # /ready and /metrics: a client key or this bearer token (Prometheus' authorization.credentials),
+    # unless the caller's address is in open_probes_to (addresses or networks, e.g. 127.0.0.0/8).
+    metrics_token: str | None = None
+    open_probes_to: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8", "::1"])
+    # How long a readiness answer is reused: /ready must not probe every backend on every call.
+    ready_cache_s: float = 5.0
 
 
 class ClientConfig(_Base, kw_only=True):
     name: str
     key: str
     daily_budget: float | None = None  # optional per-client cloud budget in USD
+    # Targets this client's requests may go to (rules, aliases, the override header, a model name
+    # equal to a target name); None: all targets.
+    targets: list[str] | None = None
 
 
 class BackendConfig(_Base, kw_only=True):
@@ -49,6 +71,9 @@ class BackendConfig(_Base, kw_only=True):
     read_timeout_s: float = 600.0
     # Whether spend on this backend counts against the cloud budget.
     cloud: bool | None = None
+    # openai backends: pass image URLs on (the server would fetch them: a request forgery risk
+    # inside the LAN). Off: only inline base64 images are sent, URL images become a note.
+    allow_image_urls: bool = False
 
     @property
     def is_cloud(self) -> bool:
@@ -145,6 +170,13 @@ class RouterConfig(_Base, kw_only=True):
     def target_is_cloud(self, target_name: str) -> bool:
         return self.backends[self.targets[target_name].backend].is_cloud
 
+    def client_targets(self, client: str) -> frozenset[str] | None:
+        """The targets *client* may be routed to, or None when it may use every target."""
+        for c in self.clients:
+            if c.name == client:
+                return frozenset(c.targets) if c.targets is not None else None
+        return None
+
 
 def interpolate_env(value: Any, env: dict[str, str], path: str = "") -> Any:
     """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed YAML tree."""
@@ -226,6 +258,27 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
     return parse_config(data, str(p), env)
 
 
+def _server_problems(server: ServerConfig) -> list[str]:
+    """Limits that must be positive, the probe token's length, the probe networks' syntax."""
+    import ipaddress
+
+    problems = [f"server.{key}: expected a number > 0, found {getattr(server, key)}"
+                for key in ("max_body_bytes", "max_header_bytes", "header_timeout_s", "body_timeout_s",
+                            "keep_alive_timeout_s", "max_connections", "max_concurrent_requests")
+                if getattr(server, key) <= 0]
+    if server.ready_cache_s < 0:
+        problems.append(f"server.ready_cache_s: expected a number >= 0, found {server.ready_cache_s}")
+    if server.metrics_token is not None and len(server.metrics_token) < 16:
+        problems.append("server.metrics_token: shorter than 16 characters")
+    for i, net in enumerate(server.open_probes_to):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"server.open_probes_to[{i}]: {net!r} is not an IP address or network "
+                            "(e.g. 127.0.0.1, 10.0.0.0/8, ::1)")
+    return problems
+
+
 def _cross_check(cfg: RouterConfig) -> list[str]:
     """Checks that span several keys: references between sections, thresholds, expressions."""
     from . import rules as rules_mod  # local import: rules imports config types
@@ -272,6 +325,14 @@ def _cross_check(cfg: RouterConfig) -> list[str]:
         seen_clients.add(client.name)
         if len(client.key) < 16:
             problems.append(f"clients[{i}].key: client {client.name!r} has a key shorter than 16 characters")
+        for j, target in enumerate(client.targets or []):
+            if target not in cfg.targets:
+                problems.append(f"clients[{i}].targets[{j}]: unknown target {target!r}; "
+                                f"expected one of {sorted(cfg.targets)}")
+        if client.targets is not None and not client.targets:
+            problems.append(f"clients[{i}].targets: empty list: client {client.name!r} could reach no target; "
+                            "leave the key out to allow every target")
+    problems += _server_problems(cfg.server)
     b = cfg.budgets
     try:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError

@@ -32,10 +32,49 @@ class InvalidRequestError(RouterError):
     openai_type = "invalid_request_error"
 
 
+class PermissionDeniedError(RouterError):
+    """The client is known but may not do this (e.g. choose a target outside its ``targets``)."""
+
+    status = 403
+    anthropic_type = "permission_error"
+    openai_type = "permission_denied"
+
+
+class RequestTooLargeError(RouterError):
+    status = 413
+    anthropic_type = "request_too_large"
+    openai_type = "request_too_large"
+
+
+class RequestTimeoutError(RouterError):
+    """The client did not send its body in time (``server.body_timeout_s``)."""
+
+    status = 408
+    anthropic_type = "invalid_request_error"
+    openai_type = "request_timeout"
+
+
+class OverloadedError(RouterError):
+    """More requests in flight than ``server.max_concurrent_requests``; retrying later can help."""
+
+    status = 503
+    anthropic_type = "overloaded_error"
+    openai_type = "server_overloaded"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message, headers={"retry-after": "1", **(headers or {})})
+
+
 class NotFoundError(RouterError):
     status = 404
     anthropic_type = "not_found_error"
     openai_type = "not_found"
+
+
+class MethodNotAllowedError(RouterError):
+    status = 405
+    anthropic_type = "invalid_request_error"
+    openai_type = "method_not_allowed"
 
 
 class BudgetExhaustedError(RouterError):

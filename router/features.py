@@ -134,10 +134,16 @@ def model_class(model: str) -> str:
 
 
 def resolve_alias(model: str, aliases: dict[str, str]) -> str | None:
-    """First alias glob (in config order) matching the requested model name."""
-    for pattern, target in aliases.items():
+    """Target of the first alias glob (in config order) matching the requested model name."""
+    pattern = alias_pattern(model, aliases)
+    return aliases[pattern] if pattern is not None else None
+
+
+def alias_pattern(model: str, aliases: dict[str, str]) -> str | None:
+    """The first alias glob (in config order) matching the requested model name."""
+    for pattern in aliases:
         if fnmatch.fnmatchcase(model, pattern):
-            return target
+            return pattern
     return None
 
 

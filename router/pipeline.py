@@ -46,6 +46,31 @@ class Outcome:
     message: Message | None = None
     events: AsyncIterator[StreamEvent] | None = None
     notes: list[str] = field(default_factory=list)
+    _call: _Call | None = field(default=None, repr=False)
+    _upstream: AsyncIterator[StreamEvent] | None = field(default=None, repr=False)
+
+    @property
+    def result(self) -> tuple[str, int]:
+        """(ledger status, HTTP status) of the call once it settled; ("open", 200) before that."""
+        if self._call is None or not self._call.settled:
+            return "open", 200
+        return self._call.record.status, self._call.record.http_status
+
+    async def close(self, reason: str = "the answer could not be delivered") -> None:
+        """Give up on this answer: close its stream and the upstream's, and settle the call.
+
+        Safe to call more than once and after the stream ended; a stream never iterated (its
+        relay never ran, so nothing else would settle it) is settled here as aborted.
+        """
+        for stream in (self.events, self._upstream):
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception as e:  # noqa: BLE001 - closing is best effort; settling is not
+                    log.debug("closing a stream of %s: %s", self.target, e)
+        if self._call is not None:
+            await asyncio.shield(self._call.settle("aborted", 499, reason))
 
     @property
     def decision(self) -> RouteDecision:
@@ -70,7 +95,9 @@ def plan_request(runtime: Runtime, request: Request, *, client: str, protocol: s
     features = extract_features(request, body_size=body_size, client=client, protocol=protocol,
                                 aliases=cfg.aliases, override=override, gpu=gpu)
     decision = runtime.rules.decide(features)
-    chain = [decision.target] + [t for t in cfg.targets[decision.target].fallback if t != decision.target]
+    allowed = cfg.client_targets(client)
+    chain = [decision.target] + [t for t in cfg.targets[decision.target].fallback
+                                 if t != decision.target and (allowed is None or t in allowed)]
     return Plan(features, decision, chain)
 
 
@@ -107,12 +134,17 @@ class _Call:
         )
         self._settled = False
 
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
     def outcome(self, plan: Plan, *, message: Message | None = None,
-                events: AsyncIterator[StreamEvent] | None = None) -> Outcome:
+                events: AsyncIterator[StreamEvent] | None = None,
+                upstream: AsyncIterator[StreamEvent] | None = None) -> Outcome:
         """The answer this call gave: a whole message, or the events of a stream."""
         return Outcome(plan, self.target_name, self.target.backend, self.target.model,
                        fallback=self.record.fallback, downgraded=self.record.downgraded,
-                       message=message, events=events)
+                       message=message, events=events, _call=self, _upstream=upstream)
 
     def observe(self, event: StreamEvent) -> None:
         if event.get("type") == "content_block_delta":
@@ -246,7 +278,7 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
         except BaseException as e:
             await asyncio.shield(call.settle("error", 500, repr(e)))
             raise
-        return call.outcome(plan, events=_relay(call, first, upstream))
+        return call.outcome(plan, events=_relay(call, first, upstream), upstream=upstream)
     raise await _no_target_error(runtime, plan, protocol, True, refusals, failures)
 
 

@@ -15,7 +15,8 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from .config import RouterConfig, RuleConfig
-from .features import Features
+from .errors import PermissionDeniedError
+from .features import Features, alias_pattern
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
@@ -57,7 +58,9 @@ class RuleTrace:
 @dataclass
 class RouteDecision:
     target: str
-    rule: str  # the rule that matched, "override", "alias:<glob>" or "default"
+    # The rule that matched, "override", "alias:<glob>" or "default": always a name from the config,
+    # never the client's text (it goes into a response header, a metrics label and the ledger).
+    rule: str
     reason: str
     trace: list[RuleTrace] = field(default_factory=list)
 
@@ -90,20 +93,22 @@ class RuleEngine:
 
     def decide(self, features: Features) -> RouteDecision:
         cfg = self.config
+        allowed = cfg.client_targets(features.client)
         trace: list[RuleTrace] = []
         if features.override != "none":
-            if features.override in cfg.targets:
-                return RouteDecision(features.override, "override",
-                                     f"client asked for target {features.override!r} in {cfg.override_header}",
-                                     trace)
-            trace.append(RuleTrace("override", False,
-                                   f"unknown target {features.override!r} in {cfg.override_header}; ignored"))
+            decision = self._override(features, allowed, trace)
+            if decision is not None:
+                return decision
         for (rule, _), value in zip(self._compiled, self._evaluate(features.as_namespace()), strict=True):
             if isinstance(value, Exception):  # treated as not matching
                 trace.append(RuleTrace(rule.name, False, f"error evaluating: {type(value).__name__}: {value}"))
                 continue
             if not value:
                 trace.append(RuleTrace(rule.name, False, f"condition false: {rule.when}"))
+                continue
+            if allowed is not None and rule.target not in allowed:
+                trace.append(RuleTrace(rule.name, False, f"condition true but client {features.client!r} "
+                                                         f"may not use target {rule.target!r}"))
                 continue
             if rule.daily_limit is not None:
                 used = self._count_today(rule.name)
@@ -113,7 +118,41 @@ class RuleEngine:
                     continue
             trace.append(RuleTrace(rule.name, True, f"condition true: {rule.when}"))
             return RouteDecision(rule.target, rule.name, f"rule {rule.name!r}: {rule.when}", trace)
-        if features.alias != "none":
-            return RouteDecision(features.alias, f"alias:{features.model}",
-                                 f"no rule matched; aliases map {features.model!r} to {features.alias!r}", trace)
-        return RouteDecision(cfg.default_target, "default", "no rule matched; default_target", trace)
+        if features.alias != "none" and (allowed is None or features.alias in allowed):
+            pattern = alias_pattern(features.model, cfg.aliases) or "?"
+            return RouteDecision(features.alias, f"alias:{pattern}",
+                                 f"no rule matched; alias {pattern!r} maps the model to {features.alias!r}", trace)
+        if allowed is None or cfg.default_target in allowed:
+            return RouteDecision(cfg.default_target, "default", "no rule matched; default_target", trace)
+        first = next(t for t in cfg.targets if t in allowed)  # config check: targets is not empty
+        return RouteDecision(first, "default", f"no rule matched; default_target {cfg.default_target!r} is not "
+                                               f"allowed for client {features.client!r}: its first target", trace)
+
+    def _override(self, features: Features, allowed: frozenset[str] | None,
+                  trace: list[RuleTrace]) -> RouteDecision | None:
+        """The decision for a target the client named (header or model name), or None to use the rules.
+
+        A target guarded by a rule's ``daily_limit`` is counted against that rule, so naming the
+        target cannot get around the limit; once it is used up, the rules decide as usual.
+        """
+        cfg = self.config
+        name = features.override
+        if name not in cfg.targets:
+            trace.append(RuleTrace("override", False, f"unknown target {name[:64]!r} in {cfg.override_header}; "
+                                                      "ignored"))
+            return None
+        if allowed is not None and name not in allowed:
+            raise PermissionDeniedError(f"client {features.client!r} may not choose target {name!r}; its "
+                                        f"targets are {sorted(allowed)}")
+        guard = next((r for r in cfg.rules if r.target == name and r.daily_limit is not None), None)
+        if guard is None:
+            return RouteDecision(name, "override", f"client asked for target {name!r}", trace)
+        assert guard.daily_limit is not None
+        used = self._count_today(guard.name)
+        if used >= guard.daily_limit:
+            trace.append(RuleTrace("override", False, f"client asked for target {name!r}, but rule "
+                                                      f"{guard.name!r}'s daily_limit for it is reached "
+                                                      f"({used}/{guard.daily_limit}); ignored"))
+            return None
+        return RouteDecision(name, guard.name, f"client asked for target {name!r}; counted against rule "
+                                               f"{guard.name!r}'s daily_limit ({used}/{guard.daily_limit})", trace)

@@ -9,23 +9,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
+import ipaddress
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from . import pipeline
 from .api import anthropic as anthropic_api
 from .api import openai as openai_api
-from .config import RouterConfig, load_config
-from .errors import AuthenticationError, ConfigError, InvalidRequestError, RouterError
+from .config import RouterConfig, ServerConfig, load_config
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    RouterError,
+)
+from .http_guard import REQUEST_ID_KEY, RequestGuard
 from .runtime import Runtime
 
 log = logging.getLogger("aibox_router.server")
@@ -61,6 +77,30 @@ class ClientKeys:
         return name
 
 
+class ProbeAccess:
+    """Who may read /ready and /metrics: listed addresses, the metrics token, or a client key."""
+
+    def __init__(self, config: RouterConfig):
+        server = config.server
+        self._networks = [ipaddress.ip_network(n, strict=False) for n in server.open_probes_to]
+        self._token = server.metrics_token.encode() if server.metrics_token else None
+
+    def check(self, request: HTTPRequest, keys: ClientKeys) -> None:
+        host = request.client.host if request.client else None
+        if host is not None and self._networks:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                address = None
+            if address is not None and any(address in net for net in self._networks):
+                return
+        auth = request.headers.get("authorization", "")
+        if self._token is not None and auth[:7].lower() == "bearer " and \
+                hmac.compare_digest(auth[7:].strip().encode(), self._token):
+            return
+        keys.identify(request)
+
+
 class RouterApp:
     """Holds the live Runtime and swaps it on reload."""
 
@@ -69,7 +109,39 @@ class RouterApp:
         self.runtime: Runtime | None = None
         self._initial = config
         self.keys = ClientKeys(config)
+        self.probes = ProbeAccess(config)
         self._reload_lock = asyncio.Lock()
+        self._ready: tuple[float, Runtime, dict[str, Any], int] | None = None
+        self._ready_lock = asyncio.Lock()
+
+    @property
+    def server_config(self) -> ServerConfig:
+        return self.runtime.config.server if self.runtime is not None else self._initial.server
+
+    async def readiness(self) -> tuple[dict[str, Any], int]:
+        """Each backend's reachability, probed at most once per ``server.ready_cache_s``.
+
+        The answer names backends and says reachable or not, nothing more: the probe's detail
+        (addresses, exception text) goes to the log, where only the operator reads it.
+        """
+        runtime = self.runtime
+        assert runtime is not None
+        async with self._ready_lock:  # concurrent callers share one probe
+            cached = self._ready
+            if cached is not None and cached[1] is runtime and \
+                    time.monotonic() - cached[0] < runtime.config.server.ready_cache_s:
+                return cached[2], cached[3]
+            names = list(runtime.backends)
+            results = await asyncio.gather(*(_probe(runtime.backends[n]) for n in names))
+            for name, (ok, detail) in zip(names, results, strict=True):
+                if not ok:
+                    log.warning("readiness: backend %s is unreachable: %s", name, detail)
+            backends = {n: {"reachable": ok} for n, (ok, _) in zip(names, results, strict=True)}
+            any_ok = any(ok for ok, _ in results)
+            answer = {"status": "ready" if any_ok else "unavailable", "backends": backends}
+            status = 200 if any_ok else 503
+            self._ready = (time.monotonic(), runtime, answer, status)
+            return answer, status
 
     async def start(self) -> None:
         self.runtime = Runtime.open(self._initial)
@@ -95,6 +167,7 @@ class RouterApp:
             assert old is not None
             self.runtime = old.successor(config)
             self.keys = ClientKeys(config)
+            self.probes = ProbeAccess(config)
             await old.retire()
             log.info("config reloaded from %s (daily budget $%.2f, %d rules)", self.config_path,
                      config.budgets.daily_budget, len(config.rules))
@@ -119,16 +192,77 @@ def _override(request: HTTPRequest, runtime: Runtime) -> str | None:
     return request.headers.get(runtime.config.override_header)
 
 
-async def _read_body(request: HTTPRequest, runtime: Runtime) -> bytes:
-    body = await request.body()
-    if len(body) > runtime.config.server.max_body_bytes:
-        raise InvalidRequestError(f"Request body of {len(body)} bytes exceeds server.max_body_bytes "
-                                  f"({runtime.config.server.max_body_bytes}).")
-    return body
+async def read_body(request: HTTPRequest, server: ServerConfig) -> bytes:
+    """The request body, refused with 413 past ``server.max_body_bytes`` (announced or counted
+    while a chunked body arrives) and with 408 when it takes longer than ``server.body_timeout_s``."""
+    limit = server.max_body_bytes
+    announced = request.headers.get("content-length")
+    if announced is not None:
+        if not announced.strip().isdigit():
+            raise InvalidRequestError("content-length: expected a number of bytes")
+        if int(announced) > limit:
+            raise RequestTooLargeError(f"Request body of {int(announced)} bytes exceeds the router's limit of "
+                                       f"{limit} bytes (server.max_body_bytes).")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(server.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLargeError(f"Request body exceeds the router's limit of {limit} bytes "
+                                               "(server.max_body_bytes).")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeoutError(f"The request body did not arrive within {server.body_timeout_s:g} s "
+                                  "(server.body_timeout_s).") from None
+    return b"".join(chunks)
 
 
 def _error_response(err: RouterError, render: Callable[[RouterError], bytes]) -> Response:
-    return Response(render(err), status_code=err.status, media_type="application/json", headers=err.headers)
+    headers = dict(err.headers)
+    if err.status in (408, 413):
+        headers["connection"] = "close"
+    return Response(render(err), status_code=err.status, media_type="application/json", headers=headers)
+
+
+def render_for_path(path: str) -> Callable[[RouterError], bytes]:
+    """The error renderer of the protocol a path belongs to (OpenAI's, else Anthropic's)."""
+    if path.startswith("/v1/chat/") or path == "/v1/models":
+        return openai_api.error_body
+    return anthropic_api.error_body
+
+
+def _request_id(request: HTTPRequest) -> str:
+    return str(request.scope.get(REQUEST_ID_KEY) or "-")
+
+
+def _unexpected(request: HTTPRequest, exc: BaseException, where: str) -> RouterError:
+    """An error the router did not foresee: logged in full with the request id, answered as a 500."""
+    request_id = _request_id(request)
+    log.error("unexpected error %s (request id %s)", where, request_id, exc_info=exc)
+    return RouterError(f"The router failed unexpectedly (request id {request_id}); the operator finds "
+                       "the details in the router's log.")
+
+
+class _StreamedOutcome(StreamingResponse):
+    """A streamed answer that settles its call and runs *on_end* however the sending ends: also
+    when the stream was never iterated (the client left first, or sending the head failed)."""
+
+    def __init__(self, content: AsyncIterator[bytes], outcome: pipeline.Outcome,
+                 on_end: Callable[[], Awaitable[None]], headers: dict[str, str]):
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.outcome = outcome
+        self.on_end = on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.outcome.close("the client went away before the stream ended")
+            finally:
+                await self.on_end()
 
 
 def create_app(config_path: str | None = None, config: RouterConfig | None = None) -> Starlette:
@@ -148,10 +282,11 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         render = anthropic_api.error_body if protocol == "anthropic" else openai_api.error_body
         started = time.perf_counter()
         client = "-"
+        outcome: pipeline.Outcome | None = None
         async with state.use_runtime() as runtime:
             try:
                 client = state.keys.identify(request)
-                body = await _read_body(request, runtime)
+                body = await read_body(request, runtime.config.server)
                 if protocol == "anthropic":
                     internal = anthropic_api.parse_request(body)
                     include_usage = False
@@ -166,59 +301,88 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
                     outcome = await pipeline.open_stream(runtime, internal, **kwargs)
                 else:
                     outcome = await pipeline.complete(runtime, internal, **kwargs)
+                # Rendered inside the guard: a failure here still closes and settles the outcome.
+                headers = outcome.headers()
+                if outcome.events is None:
+                    assert outcome.message is not None
+                    if protocol == "anthropic":
+                        content = anthropic_api.encode_message(outcome.message)
+                    else:
+                        content = msgspec.json.encode(openai_api.message_to_response(outcome.message,
+                                                                                     requested_model))
+                    response = Response(content, media_type="application/json", headers=headers)
+                    _log_request(request, protocol, client, outcome.target, 200, started)
+                    return response
+                encoder = (_anthropic_sse(outcome.events) if protocol == "anthropic"
+                           else _openai_sse(outcome.events, requested_model, include_usage))
+                streamed = outcome
+
+                async def stream_ended() -> None:
+                    status, http_status = streamed.result
+                    _log_request(request, protocol, client, streamed.target, http_status, started,
+                                 outcome=status)
+                    await runtime.release()
+
+                runtime.acquire()  # the stream outlives this handler; keep its runtime alive until it ends
+                try:
+                    return _StreamedOutcome(encoder, outcome, stream_ended, {**headers, **_SSE_HEADERS})
+                except BaseException:
+                    await runtime.release()
+                    raise
             except RouterError as err:
-                _log_request(request, protocol, client, "-", err.status, started)
+                await _give_up(outcome, err.message)
+                _log_request(request, protocol, client, outcome.target if outcome else "-", err.status, started)
                 return _error_response(err, render)
-            headers = outcome.headers()
-            _log_request(request, protocol, client, outcome.target, 200, started)
-            if outcome.events is None:
-                assert outcome.message is not None
-                if protocol == "anthropic":
-                    content = anthropic_api.encode_message(outcome.message)
-                else:
-                    content = msgspec.json.encode(openai_api.message_to_response(outcome.message, requested_model))
-                return Response(content, media_type="application/json", headers=headers)
-            runtime.acquire()  # the stream outlives this handler; keep its runtime alive until it ends
-            encoder = (_anthropic_sse(outcome.events) if protocol == "anthropic"
-                       else _openai_sse(outcome.events, requested_model, include_usage))
-            return StreamingResponse(_release_after(encoder, runtime), media_type="text/event-stream",
-                                     headers={**headers, **_SSE_HEADERS})
+            except ClientDisconnect:
+                await _give_up(outcome, "the client went away")
+                _log_request(request, protocol, client, "-", 499, started)
+                return Response(status_code=400)  # nobody is listening; uvicorn drops it
+            except RecursionError:
+                await _give_up(outcome, "request nested too deeply")
+                _log_request(request, protocol, client, "-", 400, started)
+                return _error_response(InvalidRequestError("request body: JSON nested too deeply"), render)
+            except Exception as exc:  # noqa: BLE001 - logged with its request id, answered as a 500
+                await _give_up(outcome, f"router error {type(exc).__name__}")
+                err = _unexpected(request, exc, f"serving {request.url.path}")
+                _log_request(request, protocol, client, outcome.target if outcome else "-", 500, started)
+                return _error_response(err, render)
 
     async def count_tokens(request: HTTPRequest) -> Response:
         async with state.use_runtime() as runtime:
             try:
-                state.keys.identify(request)
-                body = await _read_body(request, runtime)
+                client = state.keys.identify(request)
+                body = await read_body(request, runtime.config.server)
                 internal = anthropic_api.parse_count_tokens_request(body)
-                tokens = await _count_tokens(runtime, internal, len(body), _forward_headers(request))
+                tokens = await _count_tokens(runtime, internal, len(body), _forward_headers(request), client)
             except RouterError as err:
                 return _error_response(err, anthropic_api.error_body)
+            except RecursionError:
+                return _error_response(InvalidRequestError("request body: JSON nested too deeply"),
+                                       anthropic_api.error_body)
             return JSONResponse({"input_tokens": tokens})
 
     async def models(request: HTTPRequest) -> Response:
         runtime = state.runtime
         assert runtime is not None
         try:
-            state.keys.identify(request)
+            client = state.keys.identify(request)
         except RouterError as err:
             return _error_response(err, openai_api.error_body)
-        names = list(runtime.config.targets) + [t.model for t in runtime.config.targets.values()]
+        allowed = runtime.config.client_targets(client)
+        targets = {n: t for n, t in runtime.config.targets.items() if allowed is None or n in allowed}
+        names = list(targets) + [t.model for t in targets.values()]
         return Response(openai_api.models_list(list(dict.fromkeys(names))), media_type="application/json")
 
     async def health(request: HTTPRequest) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def ready(request: HTTPRequest) -> Response:
-        runtime = state.runtime
-        assert runtime is not None
-        names = list(runtime.backends)
-        results = await asyncio.gather(*(_probe(runtime.backends[n]) for n in names))
-        backends = {n: {"reachable": ok, "detail": detail, "type": runtime.config.backends[n].type}
-                    for n, (ok, detail) in zip(names, results, strict=True)}
-        any_ok = any(b["reachable"] for b in backends.values())
-        return JSONResponse({"status": "ready" if any_ok else "unavailable", "backends": backends,
-                             "config": state.config_path or "<embedded default>"},
-                            status_code=200 if any_ok else 503)
+        try:
+            state.probes.check(request, state.keys)
+        except RouterError as err:
+            return _error_response(err, anthropic_api.error_body)
+        answer, status = await state.readiness()
+        return JSONResponse(answer, status_code=status)
 
     async def root(request: HTTPRequest) -> Response:
         return Response(b"aibox-router\n" if request.method == "GET" else b"", media_type="text/plain")
@@ -226,8 +390,36 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
     async def metrics(request: HTTPRequest) -> Response:
         from . import metrics as metrics_mod
 
+        try:
+            state.probes.check(request, state.keys)
+        except RouterError as err:
+            return _error_response(err, anthropic_api.error_body)
         content, content_type = metrics_mod.render()
         return Response(content, media_type=content_type)
+
+    async def http_error(request: HTTPRequest, exc: Exception) -> Response:
+        """404 and 405 (and any other HTTPException) in the protocol shape of the path asked for."""
+        assert isinstance(exc, HTTPException)
+        err: RouterError
+        if exc.status_code == 404:
+            err = NotFoundError(f"No such endpoint: {request.method} {request.url.path[:200]}")
+        elif exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow", "")
+            err = MethodNotAllowedError(f"Method {request.method} is not allowed on {request.url.path}; "
+                                        f"allowed: {allow}", headers={"allow": allow} if allow else None)
+        else:
+            err = RouterError(str(exc.detail))
+            err.status = exc.status_code
+        return _error_response(err, render_for_path(request.url.path))
+
+    async def server_error(request: HTTPRequest, exc: Exception) -> Response:
+        """The last resort: an exception no endpoint caught, as a 500 in the protocol's shape."""
+        # repr: the path is the client's text (percent-decoded, so it may hold a line break).
+        err = _unexpected(request, exc, f"in {request.method} {request.url.path[:200]!r}")
+        response = _error_response(err, render_for_path(request.url.path))
+        # This answer bypasses RequestGuard (the last-resort handler sits outside all middleware).
+        response.headers["x-aibox-request-id"] = _request_id(request)
+        return response
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -256,9 +448,21 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         Route("/metrics", metrics, methods=["GET"]),
         Route("/", root, methods=["GET", "HEAD"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    guard = Middleware(RequestGuard, max_concurrent=lambda: state.server_config.max_concurrent_requests,
+                       render_for_path=render_for_path)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[guard],
+                    exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.router = state
     return app
+
+
+async def _give_up(outcome: pipeline.Outcome | None, reason: str) -> None:
+    """An answer that will not reach the client: close its stream and settle its call."""
+    if outcome is not None:
+        try:
+            await outcome.close(reason)
+        except Exception:  # the error response must still go out
+            log.exception("closing an undelivered answer from %s", outcome.target)
 
 
 async def _probe(backend: Any) -> tuple[bool, str]:
@@ -269,11 +473,11 @@ async def _probe(backend: Any) -> tuple[bool, str]:
 
 
 async def _count_tokens(runtime: Runtime, internal: dict[str, Any], body_size: int,
-                        forward_headers: dict[str, str]) -> int:
+                        forward_headers: dict[str, str], client: str) -> int:
     """Exact count from a cloud backend when the request would go there, else the router's estimate."""
     from .internal import CallContext
 
-    plan = pipeline.plan_request(runtime, {**internal, "max_tokens": 1}, client="count_tokens",
+    plan = pipeline.plan_request(runtime, {**internal, "max_tokens": 1}, client=client,
                                  protocol="anthropic", body_size=body_size)
     target = runtime.config.targets[plan.decision.target]
     backend = runtime.backends[target.backend]
@@ -284,14 +488,6 @@ async def _count_tokens(runtime: Runtime, internal: dict[str, Any], body_size: i
         log.info("count_tokens via %s failed (%s); using the estimate", target.backend, e)
         exact = None
     return exact if exact is not None else plan.features.input_tokens
-
-
-async def _release_after(chunks: AsyncIterator[bytes], runtime: Runtime) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        await runtime.release()
 
 
 async def _anthropic_sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
@@ -334,7 +530,11 @@ async def _close(events: AsyncIterator[Any]) -> None:
 
 
 def _log_request(request: HTTPRequest, protocol: str, client: str, target: str, status: int,
-                 started: float) -> None:
+                 started: float, outcome: str | None = None) -> None:
+    """One line per request with its real result; a stream's line is written when the stream ends,
+    with the status the ledger records (502 for an upstream failure mid-stream, 499 for a client
+    that left), not the 200 its head carried."""
     if log.isEnabledFor(logging.INFO):
-        log.info("%s %s %s client=%s target=%s status=%d %.1fms", request.method, request.url.path, protocol,
-                 client, target, status, (time.perf_counter() - started) * 1000)
+        log.info("%s %s %s id=%s client=%s target=%s status=%d%s %.1fms", request.method, request.url.path,
+                 protocol, _request_id(request), client, target, status,
+                 f" stream={outcome}" if outcome is not None else "", (time.perf_counter() - started) * 1000)

@@ -5,9 +5,11 @@ the router itself relies on, encodes messages and stream events for the wire, re
 offers two conversions other modules need: ``role: "system"`` messages into ``system`` blocks, and a
 stream of events back into one message.
 
-Validation is deliberately minimal: the router checks the fields it reads (routing, accounting,
-translation to local backends) and leaves everything else, including fields it does not know, for
-the upstream to judge, so a new API feature passes through without a router release.
+Validation covers every field the router reads (routing, accounting, translation to local
+backends), type by type, so a wrong one is a 400 naming its path (``messages[2].content[0].text``)
+and never a 500 from a translator; free-form JSON it translates (tool inputs and schemas) may not
+nest deeper than ``checks.MAX_JSON_DEPTH``. Fields and block types it does not know are left for the
+upstream to judge, so a new API feature passes through without a router release.
 """
 
 from __future__ import annotations
@@ -21,6 +23,19 @@ import msgspec
 from .. import sse
 from ..errors import InvalidRequestError, RouterError, UpstreamError, UpstreamStatusError
 from ..internal import Message, Request, StreamEvent
+from .checks import (
+    fail,
+    is_bool,
+    is_int,
+    is_number,
+    is_object,
+    is_string,
+    kind,
+    model_name,
+    optional,
+    shallow_json,
+    string,
+)
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -50,10 +65,10 @@ def parse_request(body: bytes) -> Request:
     max_tokens = request.get("max_tokens")
     if "max_tokens" not in request:
         raise InvalidRequestError("max_tokens: Field required")
-    if not _is_int(max_tokens) or max_tokens < 1:
-        raise InvalidRequestError(f"max_tokens: expected an integer >= 1, found {max_tokens!r}")
-    if "stream" in request and not isinstance(request["stream"], bool):
-        raise InvalidRequestError(f"stream: expected a boolean, found {_kind(request['stream'])}")
+    if not is_int(max_tokens) or max_tokens < 1:
+        raise InvalidRequestError(f"max_tokens: expected an integer >= 1, found {kind(max_tokens)}"
+                                  + (f" {max_tokens}" if is_int(max_tokens) else ""))
+    optional(request, "stream", "", is_bool, "a boolean")
     return request
 
 
@@ -69,22 +84,34 @@ def _decode_object(body: bytes) -> dict[str, Any]:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as e:
         raise InvalidRequestError(f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidRequestError("request body: JSON nested too deeply") from None
     if not isinstance(data, dict):
-        raise InvalidRequestError(f"request body: expected a JSON object, found {_kind(data)}")
+        raise InvalidRequestError(f"request body: expected a JSON object, found {kind(data)}")
     return data
 
 
 def _check_common(request: dict[str, Any]) -> None:
-    model = request.get("model")
     if "model" not in request:
         raise InvalidRequestError("model: Field required")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError(f"model: expected a non-empty string, found {_kind(model)}")
+    model_name(request["model"])
     _check_messages(request)
     _check_system(request)
-    _check_optional(request, "tools", list, "a list")
-    _check_optional(request, "metadata", dict, "an object")
+    _check_tools(request)
+    _check_tool_choice(request)
+    optional(request, "metadata", "", is_object, "an object")
+    if isinstance(request.get("metadata"), dict):
+        optional(request["metadata"], "user_id", "metadata", is_string, "a string")
     _check_thinking(request)
+    for key in ("temperature", "top_p"):
+        optional(request, key, "", is_number, "a number")
+    optional(request, "top_k", "", is_int, "an integer")
+    stops = request.get("stop_sequences")
+    if stops is not None and not (isinstance(stops, list) and all(isinstance(s, str) for s in stops)):
+        raise fail("stop_sequences", "a list of strings", stops)
+
+
+_ROLES = ("user", "assistant", "system")
 
 
 def _check_messages(request: dict[str, Any]) -> None:
@@ -92,21 +119,69 @@ def _check_messages(request: dict[str, Any]) -> None:
         raise InvalidRequestError("messages: Field required")
     messages = request["messages"]
     if not isinstance(messages, list):
-        raise InvalidRequestError(f"messages: expected a list, found {_kind(messages)}")
+        raise fail("messages", "a list", messages)
     for i, message in enumerate(messages):
+        field = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise InvalidRequestError(f"messages[{i}]: expected an object, found {_kind(message)}")
-        if not isinstance(message.get("role"), str):
-            raise InvalidRequestError(f"messages[{i}].role: expected a string, found {_kind(message.get('role'))}")
+            raise fail(field, "an object", message)
+        role = message.get("role")
+        if role not in _ROLES:
+            raise InvalidRequestError(f"{field}.role: expected 'user', 'assistant' or 'system', found "
+                                      + (repr(role[:40]) if isinstance(role, str) else kind(role)))
         content = message.get("content")
-        if not isinstance(content, str | list):
-            raise InvalidRequestError(f"messages[{i}].content: expected a string or a list of content blocks, "
-                                      f"found {_kind(content)}")
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            raise fail(f"{field}.content", "a string or a list of content blocks", content)
+        for j, block in enumerate(content):
+            _check_block(block, f"{field}.content[{j}]")
+
+
+def _check_block(block: Any, field: str, *, nested: bool = False) -> None:
+    """One content block: the fields of the types the router reads; other types pass through."""
+    if not isinstance(block, dict):
+        raise fail(field, "a content block (an object with a string 'type')", block)
+    btype = block.get("type")
+    if not isinstance(btype, str):
+        raise fail(f"{field}.type", "a string", btype)
+    optional(block, "cache_control", field, is_object, "an object")
+    if btype == "text":
+        string(block, "text", field, required=True)
+    elif btype == "image" or btype == "document":
+        _check_source(block, field)
+    elif nested and btype in ("tool_use", "tool_result", "thinking", "redacted_thinking"):
+        raise InvalidRequestError(f"{field}.type: {btype!r} blocks cannot be inside a tool_result")
+    elif btype in ("tool_use", "server_tool_use"):
+        string(block, "id", field, required=True, non_empty=True)
+        string(block, "name", field, required=True, non_empty=True)
+        if not isinstance(block.get("input"), dict):
+            raise fail(f"{field}.input", "an object", block.get("input"))
+        shallow_json(block["input"], f"{field}.input")
+    elif btype == "tool_result":
+        string(block, "tool_use_id", field, required=True, non_empty=True)
+        optional(block, "is_error", field, is_bool, "a boolean")
+        content = block.get("content")
         if isinstance(content, list):
-            for j, block in enumerate(content):
-                if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-                    raise InvalidRequestError(f"messages[{i}].content[{j}]: expected a content block "
-                                              "(an object with a string 'type')")
+            for k, inner in enumerate(content):
+                _check_block(inner, f"{field}.content[{k}]", nested=True)
+        elif content is not None and not isinstance(content, str):
+            raise fail(f"{field}.content", "a string or a list of content blocks", content)
+    elif btype == "thinking":
+        string(block, "thinking", field, required=True)
+        string(block, "signature", field)
+    elif btype == "redacted_thinking":
+        string(block, "data", field, required=True)
+
+
+def _check_source(block: dict[str, Any], field: str) -> None:
+    source = block.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("type"), str):
+        raise fail(f"{field}.source", "an object with a string 'type'", source)
+    if source["type"] == "base64":
+        string(source, "media_type", f"{field}.source", required=True, non_empty=True)
+        string(source, "data", f"{field}.source", required=True)
+    elif source["type"] == "url":
+        string(source, "url", f"{field}.source", required=True, non_empty=True)
 
 
 def _check_system(request: dict[str, Any]) -> None:
@@ -114,10 +189,45 @@ def _check_system(request: dict[str, Any]) -> None:
     if system is None or isinstance(system, str):
         return
     if not isinstance(system, list):
-        raise InvalidRequestError(f"system: expected a string or a list of text blocks, found {_kind(system)}")
+        raise fail("system", "a string or a list of text blocks", system)
     for i, block in enumerate(system):
-        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            raise InvalidRequestError(f"system[{i}]: expected a content block (an object with a string 'type')")
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise fail(f"system[{i}]", "a text block ({\"type\": \"text\", \"text\": ...})", block)
+        string(block, "text", f"system[{i}]", required=True)
+        optional(block, "cache_control", f"system[{i}]", is_object, "an object")
+
+
+def _check_tools(request: dict[str, Any]) -> None:
+    tools = request.get("tools")
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise fail("tools", "a list", tools)
+    for i, tool in enumerate(tools):
+        field = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise fail(field, "an object", tool)
+        string(tool, "name", field, required=True, non_empty=True)
+        string(tool, "type", field)
+        string(tool, "description", field)
+        schema = tool.get("input_schema")
+        if schema is None and tool.get("type") in (None, "custom"):
+            raise InvalidRequestError(f"{field}.input_schema: Field required (a JSON schema object)")
+        if schema is not None:
+            if not isinstance(schema, dict):
+                raise fail(f"{field}.input_schema", "a JSON schema object", schema)
+            shallow_json(schema, f"{field}.input_schema")
+
+
+def _check_tool_choice(request: dict[str, Any]) -> None:
+    choice = request.get("tool_choice")
+    if choice is None:
+        return
+    if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
+        raise fail("tool_choice", 'an object with type "auto", "any", "tool" or "none"', choice)
+    if choice["type"] == "tool":
+        string(choice, "name", "tool_choice", required=True, non_empty=True)
+    optional(choice, "disable_parallel_tool_use", "tool_choice", is_bool, "a boolean")
 
 
 def _check_thinking(request: dict[str, Any]) -> None:
@@ -127,25 +237,9 @@ def _check_thinking(request: dict[str, Any]) -> None:
     if not isinstance(thinking, dict) or not isinstance(thinking.get("type"), str):
         raise InvalidRequestError("thinking: expected an object with a string 'type' "
                                   "(enabled, disabled or adaptive)")
-    if thinking["type"] == "enabled" and not _is_int(thinking.get("budget_tokens")):
+    if thinking["type"] == "enabled" and not is_int(thinking.get("budget_tokens")):
         raise InvalidRequestError("thinking.budget_tokens: expected an integer when thinking.type is 'enabled', "
-                                  f"found {_kind(thinking.get('budget_tokens'))}")
-
-
-def _check_optional(request: dict[str, Any], key: str, kind: type, expected: str) -> None:
-    if key in request and request[key] is not None and not isinstance(request[key], kind):
-        raise InvalidRequestError(f"{key}: expected {expected}, found {_kind(request[key])}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _kind(value: Any) -> str:
-    """A JSON-ish name for a value's type, for error messages."""
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-             float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
+                                  f"found {kind(thinking.get('budget_tokens'))}")
 
 
 def system_messages_to_system(request: Request) -> Request:

@@ -22,6 +22,8 @@ import msgspec
 
 from ..errors import InvalidRequestError, RouterError
 from ..internal import Message, Request, StreamEvent, Usage
+from . import checks
+from .checks import fail, is_bool, is_string, kind, optional
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -57,17 +59,19 @@ def parse_request(body: bytes) -> tuple[Request, OpenAIOptions]:
         data = _decoder.decode(body)
     except msgspec.DecodeError as e:
         raise InvalidRequestError(f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidRequestError("request body: JSON nested too deeply") from None
     if not isinstance(data, dict):
-        raise InvalidRequestError("request body: expected a JSON object")
+        raise fail("request body", "a JSON object", data)
     if "functions" in data or "function_call" in data:
         raise InvalidRequestError("functions: legacy function calling is not supported; use `tools`")
     n = data.get("n")
-    if n not in (None, 1):
-        raise InvalidRequestError(f"n: only 1 choice is supported, found {n!r}")
+    if n is not None and (not checks.is_int(n) or n != 1):
+        raise InvalidRequestError(f"n: only 1 choice is supported, found {n if checks.is_int(n) else kind(n)}")
 
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("model: expected a non-empty string")
+    model = checks.model_name(data.get("model"))
+    optional(data, "user", "", is_string, "a string")
+    optional(data, "parallel_tool_calls", "", is_bool, "a boolean")
     system, messages = _translate_messages(_expect_list(data.get("messages"), "messages"))
     if not messages:
         raise InvalidRequestError("messages: expected at least one user or assistant message")
@@ -83,33 +87,40 @@ def parse_request(body: bytes) -> tuple[Request, OpenAIOptions]:
     if tool_choice is not None:
         request["tool_choice"] = tool_choice
 
-    stream = data.get("stream", False)
+    stream = data.get("stream")
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
-        raise InvalidRequestError("stream: expected a boolean")
+        raise fail("stream", "a boolean", stream)
     if stream:
         request["stream"] = True
-    stream_options = data.get("stream_options") or {}
+    stream_options = data.get("stream_options")
+    if stream_options is None:
+        stream_options = {}
     if not isinstance(stream_options, dict):
-        raise InvalidRequestError("stream_options: expected an object")
+        raise fail("stream_options", "an object", stream_options)
+    optional(stream_options, "include_usage", "stream_options", is_bool, "a boolean")
     return request, OpenAIOptions(stream=stream, include_usage=bool(stream_options.get("include_usage")))
 
 
-def _expect_list(value: Any, field: str) -> list[Any]:
+def _expect_list(value: Any, field: str, expected: str = "an array") -> list[Any]:
     if not isinstance(value, list):
-        raise InvalidRequestError(f"{field}: expected an array")
+        raise fail(field, expected, value)
     return value
 
 
 def _max_tokens(data: dict[str, Any]) -> int:
     # max_completion_tokens replaced max_tokens in the OpenAI API; prefer it when both are given.
+    chosen = None
     for field in ("max_completion_tokens", "max_tokens"):
         value = data.get(field)
         if value is None:
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidRequestError(f"{field}: expected a positive integer, found {value!r}")
-        return value
-    return DEFAULT_MAX_TOKENS
+        if not checks.is_int(value) or value < 1:
+            raise InvalidRequestError(f"{field}: expected a positive integer, found {kind(value)}"
+                                      + (f" {value}" if checks.is_int(value) else ""))
+        chosen = chosen or value
+    return chosen or DEFAULT_MAX_TOKENS
 
 
 def _copy_sampling(data: dict[str, Any], request: Request) -> None:
@@ -119,8 +130,8 @@ def _copy_sampling(data: dict[str, Any], request: Request) -> None:
         value = data.get(field)
         if value is None:
             continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise InvalidRequestError(f"{field}: expected a number, found {value!r}")
+        if not checks.is_number(value):
+            raise fail(field, "a number", value)
         request[field] = value
     stop = data.get("stop")
     if stop is None:
@@ -140,7 +151,8 @@ def _translate_messages(raw: list[Any]) -> tuple[str, list[Message]]:
     for i, msg in enumerate(raw):
         field = f"messages[{i}]"
         if not isinstance(msg, dict):
-            raise InvalidRequestError(f"{field}: expected an object")
+            raise fail(field, "an object", msg)
+        optional(msg, "name", field, is_string, "a string")
         role = msg.get("role")
         if role in ("system", "developer"):
             # Anthropic has one top-level system prompt; a system message in mid-conversation is
@@ -156,7 +168,7 @@ def _translate_messages(raw: list[Any]) -> tuple[str, list[Message]]:
             role = "user"
         else:
             raise InvalidRequestError(f"{field}.role: expected system, developer, user, assistant or tool, "
-                                      f"found {role!r}")
+                                      "found " + (repr(role[:40]) if isinstance(role, str) else kind(role)))
         _append_turn(turns, role, blocks)
     return "\n\n".join(p for p in system_parts if p), turns
 
@@ -178,7 +190,7 @@ def _text_only(content: Any, field: str) -> str:
         return ""
     if isinstance(content, str):
         return content
-    parts = _expect_list(content, field)
+    parts = _expect_list(content, field, "a string or an array of text parts")
     texts = []
     for j, part in enumerate(parts):
         if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
@@ -191,7 +203,7 @@ def _user_blocks(content: Any, field: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     blocks = []
-    for j, part in enumerate(_expect_list(content, field)):
+    for j, part in enumerate(_expect_list(content, field, "a string or an array of content parts")):
         pfield = f"{field}[{j}]"
         ptype = part.get("type") if isinstance(part, dict) else None
         if ptype == "text" and isinstance(part.get("text"), str):
@@ -200,13 +212,15 @@ def _user_blocks(content: Any, field: str) -> list[dict[str, Any]]:
         elif ptype == "image_url":
             blocks.append(_image_block(part.get("image_url"), f"{pfield}.image_url"))
         else:
-            raise InvalidRequestError(f"{pfield}: unsupported content part type {ptype!r}; "
-                                      f"expected text or image_url")
+            raise InvalidRequestError(f"{pfield}: expected a text part (with a string 'text') or an "
+                                      "image_url part")
     return blocks
 
 
 def _image_block(image: Any, field: str) -> dict[str, Any]:
     url = image.get("url") if isinstance(image, dict) else image
+    if isinstance(image, dict):
+        optional(image, "detail", field, is_string, "a string")
     if not isinstance(url, str) or not url:
         raise InvalidRequestError(f"{field}.url: expected a data: or http(s): URL")
     if url.startswith("data:"):
@@ -224,7 +238,10 @@ def _assistant_blocks(msg: dict[str, Any], field: str) -> list[dict[str, Any]]:
     content = msg.get("content")
     text = content if isinstance(content, str) else _assistant_parts_text(content, f"{field}.content")
     blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
-    for j, call in enumerate(msg.get("tool_calls") or []):
+    calls = msg.get("tool_calls")
+    if calls is None:
+        calls = []
+    for j, call in enumerate(_expect_list(calls, f"{field}.tool_calls")):
         blocks.append(_tool_use_block(call, f"{field}.tool_calls[{j}]"))
     return blocks
 
@@ -233,7 +250,7 @@ def _assistant_parts_text(content: Any, field: str) -> str:
     if content is None:
         return ""
     texts = []
-    for j, part in enumerate(_expect_list(content, field)):
+    for j, part in enumerate(_expect_list(content, field, "a string or an array of text parts")):
         ptype = part.get("type") if isinstance(part, dict) else None
         if ptype == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
@@ -253,13 +270,20 @@ def _tool_use_block(call: Any, field: str) -> dict[str, Any]:
     name = fn.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidRequestError(f"{field}.function.name: expected a non-empty string")
-    raw = fn.get("arguments") or "{}"
+    raw = fn.get("arguments")
+    if raw is None or raw == "":
+        raw = "{}"
+    if not isinstance(raw, str | dict):
+        raise fail(f"{field}.function.arguments", "a JSON object encoded as a string", raw)
     try:
         arguments = json.loads(raw) if isinstance(raw, str) else raw
     except json.JSONDecodeError:
         arguments = None
+    except RecursionError:
+        raise InvalidRequestError(f"{field}.function.arguments: JSON nested too deeply") from None
     if not isinstance(arguments, dict):
         raise InvalidRequestError(f"{field}.function.arguments: expected a JSON object encoded as a string")
+    checks.shallow_json(arguments, f"{field}.function.arguments")
     return {"type": "tool_use", "id": call_id, "name": name, "input": arguments}
 
 
@@ -282,9 +306,13 @@ def _translate_tools(tools: Any) -> list[dict[str, Any]]:
         name = fn.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidRequestError(f"tools[{i}].function.name: expected a non-empty string")
-        schema = fn.get("parameters") or {"type": "object", "properties": {}}
+        schema = fn.get("parameters")
+        if schema is None or schema == {}:
+            schema = {"type": "object", "properties": {}}
         if not isinstance(schema, dict):
-            raise InvalidRequestError(f"tools[{i}].function.parameters: expected a JSON schema object")
+            raise fail(f"tools[{i}].function.parameters", "a JSON schema object", schema)
+        checks.shallow_json(schema, f"tools[{i}].function.parameters")
+        optional(fn, "description", f"tools[{i}].function", is_string, "a string")
         converted: dict[str, Any] = {"name": name, "input_schema": schema}
         if fn.get("description"):
             converted["description"] = fn["description"]

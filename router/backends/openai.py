@@ -236,7 +236,34 @@ def _tool_choice(choice: dict[str, Any] | None) -> Any:
     return ctype if ctype in ("auto", "none") else None
 
 
-def to_openai_request(request: Request, target: TargetConfig, stream: bool) -> dict[str, Any]:
+URL_IMAGE_NOTE = "[image omitted: this backend accepts only inline images]"
+
+
+def without_image_urls(request: Request) -> Request:
+    """*request* with each image given by URL replaced by a note (the request itself if it has none).
+
+    A server that fetches image URLs would fetch whatever a client names, inside the LAN too; only
+    inline (base64) images go to it unless its backend sets ``allow_image_urls``.
+    """
+    messages = request.get("messages") or []
+    if not any(isinstance(m.get("content"), list) and any(_is_url_image(b) for b in m["content"])
+               for m in messages):
+        return request
+    cleaned = [{**m, "content": [{"type": "text", "text": URL_IMAGE_NOTE} if _is_url_image(b) else b
+                                 for b in m["content"]]} if isinstance(m.get("content"), list) else m
+               for m in messages]
+    return {**request, "messages": cleaned}
+
+
+def _is_url_image(block: Any) -> bool:
+    return (isinstance(block, dict) and block.get("type") == "image"
+            and (block.get("source") or {}).get("type") != "base64")
+
+
+def to_openai_request(request: Request, target: TargetConfig, stream: bool,
+                      allow_image_urls: bool = False) -> dict[str, Any]:
+    if not allow_image_urls:
+        request = without_image_urls(request)
     body: dict[str, Any] = {"model": request.get("model") or target.model,
                             "messages": to_openai_messages(request), "stream": stream}
     max_tokens = max_tokens_for(request, target)
@@ -443,7 +470,7 @@ class OpenAIBackend(Backend):
         return {**JSON_HEADERS, "authorization": f"Bearer {key}"} if key else JSON_HEADERS
 
     async def complete(self, request: Request, target: TargetConfig, ctx: CallContext) -> Message:
-        body = to_openai_request(request, target, stream=False)
+        body = to_openai_request(request, target, stream=False, allow_image_urls=self.config.allow_image_urls)
         data, response = await self.request_json("POST", "/chat/completions", content=encode_json(body),
                                                  headers=self._headers())
         ctx.upstream_request_id = response.headers.get("x-request-id")
@@ -452,7 +479,7 @@ class OpenAIBackend(Backend):
         return from_openai_response(data, request, ctx)
 
     async def stream(self, request: Request, target: TargetConfig, ctx: CallContext) -> AsyncIterator[StreamEvent]:
-        body = to_openai_request(request, target, stream=True)
+        body = to_openai_request(request, target, stream=True, allow_image_urls=self.config.allow_image_urls)
         translator = _StreamTranslator(request, ctx)
         started = done = False
         try:

@@ -42,8 +42,11 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
         raise click.ClickException(f"invalid request body: {e.message}") from None
     count_today, counts_note = _rule_counts(config)
     runtime = _DryRuntime(config, RuleEngine(config, count_today))
-    plan = pipeline.plan_request(runtime, internal, client=client, protocol=protocol, body_size=len(body),
-                                 override=override)
+    try:
+        plan = pipeline.plan_request(runtime, internal, client=client, protocol=protocol, body_size=len(body),
+                                     override=override)
+    except RouterError as e:  # e.g. a client naming a target outside its clients[].targets
+        raise click.ClickException(f"the router would refuse this request (HTTP {e.status}): {e.message}") from None
     result = pipeline.explain(plan, runtime)
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))

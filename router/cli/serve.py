@@ -20,17 +20,23 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     """Serve the Anthropic- and OpenAI-compatible API. SIGHUP reloads the config file."""
     import uvicorn
 
-    from ..server import create_app
+    from ..http_guard import HeadLimits, guarded_protocol
+    from ..server import create_app, render_for_path
 
     config = load_or_exit(config_path)
     _check_state_dir(config.server.state_dir, config_path)
     logging.basicConfig(level=config.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config_path, config)
-    uvicorn.run(app, host=host or config.server.host, port=port or config.server.port,
-                log_level=config.server.log_level, access_log=False, server_header=False,
+    server = config.server
+    # Connection-level limits are fixed when the server starts; a SIGHUP reload does not change them.
+    protocol = guarded_protocol(HeadLimits(max_header_bytes=server.max_header_bytes,
+                                           header_timeout_s=server.header_timeout_s), render_for_path)
+    uvicorn.run(app, host=host or server.host, port=port or server.port,
+                log_level=server.log_level, access_log=False, server_header=False, http=protocol,
                 # Claude Code keeps connections open between turns; don't drop idle ones too eagerly.
-                timeout_keep_alive=75)
+                timeout_keep_alive=server.keep_alive_timeout_s,  # type: ignore[arg-type]
+                limit_concurrency=server.max_connections)
 
 
 def _check_state_dir(state_dir: str, config_path: str | None) -> None:

@@ -87,7 +87,9 @@ async def _budget_from_metrics(url: str, config: RouterConfig) -> dict[str, Any]
     from prometheus_client.parser import text_string_to_metric_families
 
     async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT_S, trust_env=False) as client:
-        r = await client.get(f"{url}/metrics")
+        # /metrics answers loopback without a key; elsewhere it needs server.metrics_token.
+        token = config.server.metrics_token
+        r = await client.get(f"{url}/metrics", headers={"authorization": f"Bearer {token}"} if token else None)
     r.raise_for_status()
     values = {s.name: s.value for fam in text_string_to_metric_families(r.text) for s in fam.samples}
     spend = values.get("aibox_router_spend_today_usd")

@@ -122,16 +122,57 @@ def test_daily_limit_reached_falls_to_next_matching_rule():
 
 def test_override_header_and_unknown_override():
     f = features("Explain this")
-    f.override = "claude"
+    f.override = "coder"
     assert engine().decide(f).rule == "override"
     f.override = "nope"
     d = engine().decide(f)
     assert d.rule != "override" and "unknown target 'nope'" in d.trace[0].note
 
 
-def test_alias_applies_when_no_rule_matches():
+def test_override_of_a_target_guarded_by_a_daily_limit_counts_against_that_rule():
+    # hard-to-cloud (daily_limit 20) sends to claude: forcing claude is charged to that rule ...
+    f = features("Explain this")
+    f.override = "claude"
+    d = engine({"hard-to-cloud": 3}).decide(f)
+    assert (d.target, d.rule) == ("claude", "hard-to-cloud") and "3/20" in d.reason
+    # ... and once the limit is used up, the override no longer gets around it.
+    d = engine({"hard-to-cloud": 20}).decide(f)
+    assert d.target != "claude" and "daily_limit for it is reached (20/20)" in d.trace[0].note
+
+
+def test_alias_rule_name_is_the_configured_glob_not_the_requested_model():
     d = engine().decide(features("hello there", model="claude-opus-4-5"))
-    assert (d.rule, d.target) == ("alias:claude-opus-4-5", "coder")
+    assert (d.rule, d.target) == ("alias:claude-opus-*", "coder")
+    hostile = "claude-opus-\u2603\r\nx-evil: 1" + "A" * 100_000
+    d = engine().decide(features("hello there", model=hostile))
+    assert d.rule == "alias:claude-opus-*"
+
+
+def _restricted(targets):
+    import msgspec
+
+    cfg = msgspec.structs.replace(CFG, clients=[msgspec.structs.replace(CFG.clients[0], name="t",
+                                                                         targets=targets)])
+    return RuleEngine(cfg, lambda rule: 0)
+
+
+def test_client_targets_bind_the_override_and_the_model_name():
+    from aibox_router.errors import PermissionDeniedError
+
+    f = features("Explain this")
+    f.override = "claude"
+    with pytest.raises(PermissionDeniedError, match="may not choose target 'claude'"):
+        _restricted(["fast", "general"]).decide(f)
+
+
+def test_client_targets_skip_rules_aliases_and_default_outside_them():
+    d = _restricted(["fast"]).decide(features("Find all patterns across the logs and detect anomalies"))
+    assert d.target == "fast"
+    assert any("may not use target 'claude'" in t.note for t in d.trace)
+    d = _restricted(["general", "fast"]).decide(features("hello there", model="claude-opus-4-5"))
+    assert (d.target, d.rule) == ("general", "default")  # the alias points at coder: not allowed
+    d = _restricted(["fast"]).decide(features("hello there", model="gpt-4o"))
+    assert (d.target, d.rule) == ("fast", "default") and "not allowed" in d.reason
 
 
 def test_default_target_when_nothing_matches():
