@@ -1,9 +1,10 @@
 """Admission control: the daily budget, per-client budgets, in-flight reservations, the cutoff.
 
 How overshoot is prevented: before a cloud call, ``admit`` reserves the call's worst-case cost
-(its input plus ``min(max_tokens, reserve_output_tokens_cap)`` output tokens at the model's
-price) and refuses when today's settled spend + every in-flight reservation + this worst case
-would reach the budget. ``admit`` does not await between reading the totals and taking the
+(bounds.py: every prompt token at the dearest input rate, ``max_tokens`` output, as lowered to
+``reserve_output_tokens_cap``, every allowed web search, the mode multipliers) and refuses when
+today's settled spend + every in-flight reservation + this worst case would reach the budget.
+As each call settles at or under its reservation, settled spend never passes the budget. ``admit`` does not await between reading the totals and taking the
 reservation, so on one asyncio loop no two calls can both take the last dollar. ``settle``
 swaps the reservation for the real cost in one synchronous step after the ledger write, so at
 no moment is a call counted neither as reserved nor as spent.
@@ -31,8 +32,9 @@ from ..accounting import Admission, RequestRecord, Reservation
 from ..config import PriceConfig, RouterConfig
 from ..internal import Request
 from ..metrics import METRICS, BudgetGauges, Metrics
-from ..pricing import cost_usd, find_price, usd, worst_case_cost
+from ..pricing import UnpricedMode, cost_usd, find_price, usd, worst_case_cost
 from .alerts import ALERT_THRESHOLD, DAILY_BUDGET, EMERGENCY_CUTOFF, Alerter, threshold_alert
+from .bounds import WEB_SEARCH_RESULT_TOKENS, output_token_bound, web_search_bound
 from .ledger import CutoffState, LedgerRow, LedgerStore, SqliteLedger
 
 log = logging.getLogger("aibox_router.cost")
@@ -108,7 +110,7 @@ class _Held:
 
 
 def _most_expensive(prices: list[PriceConfig]) -> PriceConfig | None:
-    return max(prices, key=lambda p: (p.output, p.input), default=None)
+    return max(prices, key=lambda p: (p.output, p.input, p.long_output or 0, p.long_input or 0), default=None)
 
 
 class CostControl:
@@ -341,11 +343,16 @@ class CostControl:
             # the dearest known price rather than at $0.
             log.error("no price for cloud model %r (target %s); reserving at the highest configured price",
                       model, target)
-            price = _most_expensive(list(self._config.prices))
-        max_tokens = request.get("max_tokens")
-        cap = lim.reserve_output_tokens_cap
-        out = min(max_tokens, cap) if isinstance(max_tokens, int) and max_tokens > 0 else cap
-        worst = worst_case_cost(price, input_tokens, out)
+            price = _most_expensive(list(self._config.prices or []))
+        # input_tokens is the pipeline's upper bound on the prompt (bounds.prompt_token_bound).
+        searches = web_search_bound(request)
+        try:
+            worst = worst_case_cost(price, input_tokens + searches * WEB_SEARCH_RESULT_TOKENS,
+                                    output_token_bound(request, lim.reserve_output_tokens_cap),
+                                    web_searches=searches, speed=request.get("speed"),
+                                    inference_geo=request.get("inference_geo"))
+        except UnpricedMode as e:
+            return Admission(allowed=False, refusal="unpriced", reason=str(e))
         if self._spend + reserved + worst >= lim.daily_budget:
             return Admission(allowed=False, refusal="budget",
                              reason=f"daily cloud budget ${lim.daily_budget:.2f} for {day}: ${self._spend:.2f} "

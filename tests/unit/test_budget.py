@@ -146,10 +146,11 @@ async def test_reservation_is_worst_case_with_output_cap(tmp_path: Path) -> None
     cc = open_cc(make_config(tmp_path), clock)
     a = await admit(cc, max_tokens=100_000, input_tokens=10_000)  # output capped at 32 000
     assert a.reservation is not None
-    assert a.reservation.amount_usd == Decimal("0.17")  # 10 000 x $1 + 32 000 x $5 per million
+    # 10 000 prompt tokens at the 1-hour cache write rate (2 x $1) + 32 000 x $5, per million
+    assert a.reservation.amount_usd == Decimal("0.18")
     b = await cc.admit(target="claude", model="test-cloud", client="cc", request={}, input_tokens=0)
     assert b.reservation is not None and b.reservation.amount_usd == Decimal("0.16")  # no max_tokens: the cap
-    assert cc.snapshot().reserved_usd == Decimal("0.33")
+    assert cc.snapshot().reserved_usd == Decimal("0.34")
     await cc.settle(a.reservation, record(clock, output_tokens=1000))
     await cc.settle(b.reservation, record(clock, status="error", http_status=502))
     snap = cc.snapshot()
