@@ -117,7 +117,7 @@ class _Call:
             ts=time.time(), client=f.client, rule=plan.decision.rule, target=target_name,
             backend=self.target.backend, model=self.target.model, protocol=protocol, stream=stream,
             cloud=self.cloud, fallback=index > 0, downgraded=downgraded, task=f.task,
-            complexity=f.complexity,
+            complexity=f.complexity, requested_model=f.model,
         )
         self._settled = False
 
