@@ -224,9 +224,11 @@ async def _no_target_error(runtime: Runtime, plan: Plan, protocol: str, stream: 
         refused = _Call(runtime, plan, plan.chain[0], 0, False, protocol, stream)
         runtime.accounting.rule_started(plan.decision.rule)
         await refused.settle("refused", 400, "; ".join(refusals))
+        budget = any(("budget" in r or "cutoff" in r) for r in refusals)
         return BudgetExhaustedError("The aibox router will not send this request to the cloud: "
-                                    + "; ".join(refusals) + ". No local model could take it. Retrying will not "
-                                    "help until the budget day rolls over or an operator releases the cutoff.")
+                                    + "; ".join(refusals) + ". No local model could take it. "
+                                    + ("Retrying will not help until the budget day rolls over or an operator "
+                                       "releases the cutoff." if budget else "Retrying the same request will not help."))
     return UpstreamError("No backend could answer: " + "; ".join(refusals + failures))
 
 
