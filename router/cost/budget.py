@@ -107,6 +107,9 @@ class _Held:
     amount: Decimal
     client: str
     day: str
+    target: str = ""
+    model: str = ""
+    ts: float = 0.0
 
 
 def _most_expensive(prices: list[PriceConfig]) -> PriceConfig | None:
@@ -172,6 +175,7 @@ class CostControl:
         if self._sync_timer is not None:
             self._sync_timer.cancel()
         self._writer.shutdown(wait=True)
+        self._record_unsettled()
         try:
             self.store.flush()
         except Exception:  # closing anyway: the rows are committed, only not yet fsynced
@@ -182,6 +186,34 @@ class CostControl:
     async def aclose(self) -> None:
         await self.alerts.drain()
         self.close()
+
+    async def wait_settled(self, timeout_s: float) -> bool:
+        """Wait (bounded) until every admitted cloud call has settled: on shutdown, after the
+        backends were closed, the calls still in flight fail fast and settle with an estimate."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._reservations and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return not self._reservations
+
+    def _record_unsettled(self) -> None:
+        """Cloud calls that never settled (a forced shutdown): the API may have billed them, and
+        nothing says how much, so each is recorded at its reservation, flagged as estimated."""
+        for held in list(self._reservations.values()):
+            target = self._config.targets.get(held.target)
+            row = LedgerRow(ts=held.ts, day=held.day, client=held.client, rule="", target=held.target,
+                            backend=target.backend if target else "", model=held.model, protocol="", stream=False,
+                            cloud=True, usage_estimated=True, cost_usd=held.amount, status="aborted",
+                            http_status=499, error="the router shut down before this cloud call settled; "
+                                                    "recorded at its reserved worst case")
+            try:
+                self.store.insert(row, durable=True)
+                log.error("shutdown: a cloud call to %s had not settled; recorded at its reservation $%s",
+                          held.model, held.amount)
+            except Exception:
+                log.exception("shutdown: could not record an unsettled cloud call to %s ($%s reserved)",
+                              held.model, held.amount)
+        self._reservations.clear()
 
     async def drain_alerts(self) -> None:
         await self.alerts.drain()
@@ -367,7 +399,8 @@ class CostControl:
                                         f"${c_spend:.2f} spent, ${c_reserved:.2f} in flight, this call may "
                                         f"cost ${worst:.4f}")
         rid = next(self._ids)
-        self._reservations[rid] = _Held(amount=worst, client=client, day=day)
+        self._reservations[rid] = _Held(amount=worst, client=client, day=day, target=target, model=model,
+                                        ts=self.clock())
         return Admission(allowed=True, reservation=Reservation(id=rid, amount_usd=worst, client=client))
 
     async def settle(self, reservation: Reservation | None, record: RequestRecord) -> None:
