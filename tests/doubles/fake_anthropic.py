@@ -184,16 +184,18 @@ class FakeAnthropic:
     async def _messages(self, request: Request) -> Response:
         rec = await self._record(request)
         request_id = f"req_fake{next(self._ids):06d}"
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        # Everything about the answer is decided on arrival: a request still sleeping in delay_s
+        # after its client gave up must not take a reply queued later for another test.
         refusal = self._refusal(rec, request_id)
-        if refusal is not None:
-            return refusal
-        reply = self.replies.pop(0) if self.replies else self.default_reply
-        if reply.status != 200:
-            return self._error(reply.status, reply.error_message, request_id)
+        reply = self.replies.pop(0) if refusal is None and self.replies else self.default_reply
         if self.bill_worst_case:
             reply = worst_case_reply(reply, rec.body)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if refusal is not None:
+            return refusal
+        if reply.status != 200:
+            return self._error(reply.status, reply.error_message, request_id)
         message = self._message(reply, rec.body)
         if not rec.body.get("stream"):
             return JSONResponse(message, headers={"request-id": request_id})
