@@ -151,10 +151,10 @@ class _Call:
         self._settled = True
         rec = self.record
         rec.usage = self.ctx.usage
-        # Refused, 4xx, 5xx and unreachable calls are not billed; a stream the API began, or a call
-        # abandoned while the API may be working on it, is.
-        if (self.cloud and not self.final_usage_seen
-                and (status == "aborted" or (status == "error" and self.stream_started))):
+        # Refused, 4xx, 5xx and unreachable calls are not billed; a call abandoned while the backend
+        # may be working on it is, and so is a cloud stream that failed after the API began it.
+        if not self.final_usage_seen and (
+                status == "aborted" or (self.cloud and status == "error" and self.stream_started)):
             estimate_unreported_usage(rec.usage, self.body, self.output_bytes, self.thinking_seen)
         now = time.perf_counter()
         rec.latency_ms = (now - self.started) * 1000
