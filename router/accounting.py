@@ -28,7 +28,8 @@ class Admission:
     allowed: bool
     reason: str = ""
     reservation: Reservation | None = None
-    # "cutoff" (emergency cutoff engaged), "budget" (daily budget spent), "client_budget", "" if allowed
+    # "cutoff" (emergency cutoff engaged), "budget" (daily budget spent), "client_budget",
+    # "unpriced" (a mode with no price), "unbounded" (no bound on the prompt), "" if allowed
     refusal: str = ""
 
 
@@ -57,6 +58,7 @@ class RequestRecord:
     complexity: int = 0
     error: str = ""
     energy_j: float | None = None  # GPU energy used while serving (local targets, NVML counter)
+    requested_model: str = ""  # the model the client asked for (prices local calls in the report)
 
 
 class Accounting(Protocol):
@@ -66,6 +68,8 @@ class Accounting(Protocol):
         """A call for *rule* is about to go out; its settle() ends the in-flight count."""
 
     async def admit(self, *, target: str, model: str, client: str, request: Request,
-                    input_tokens: int) -> Admission: ...
+                    input_tokens: int) -> Admission:
+        """Reserve the worst case of sending *request* (as it will go out) to *model*; *input_tokens*
+        is an upper bound on its prompt tokens (cost/bounds.py)."""
 
     async def settle(self, reservation: Reservation | None, record: RequestRecord) -> None: ...

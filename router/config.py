@@ -8,8 +8,10 @@ variable a backend names in ``api_key_env``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,7 +101,7 @@ class RuleConfig(_Base, kw_only=True):
 
 
 class PriceConfig(_Base, kw_only=True):
-    """USD per million tokens for models whose name starts with ``prefix``."""
+    """USD per million tokens for models whose name starts with ``prefix`` (see pricing.py)."""
 
     prefix: str
     input: float
@@ -107,10 +109,19 @@ class PriceConfig(_Base, kw_only=True):
     cache_write_5m: float | None = None  # defaults to 1.25 x input
     cache_write_1h: float | None = None  # defaults to 2 x input
     cache_read: float | None = None  # defaults to 0.1 x input
-    # Long-context tier: above this many input tokens the whole request is billed at the long rates.
+    # Long-context tier: above this many input tokens (input + cache writes + cache reads) the whole
+    # request is billed at the long rates; cache rates scale by long_input / input.
     long_context_threshold: int | None = None
     long_input: float | None = None
     long_output: float | None = None
+    # USD per 1,000 web searches (usage.server_tool_use.web_search_requests).
+    web_search_per_1000: float = 10.0
+    # Fast mode (request "speed": "fast") multiplies every token rate by this; None: no published
+    # price, and the router refuses fast-mode requests for the model rather than guess.
+    fast_multiplier: float | None = None
+    # Data residency (request "inference_geo") multiplies every token rate; "global" is always 1.
+    # A geo missing here has no known price, and the router refuses such requests.
+    inference_geo_multipliers: dict[str, float] = {}
 
 
 class BudgetConfig(_Base, kw_only=True):
@@ -118,7 +129,9 @@ class BudgetConfig(_Base, kw_only=True):
     daily_budget: float = 10.00
     alert_threshold: float = 8.00
     emergency_cutoff: float = 12.00
-    # Worst-case output reserved for a cloud request whose max_tokens is larger than this.
+    # The most output tokens one cloud call may produce: a larger max_tokens is lowered to this
+    # before the call goes out (header x-aibox-max-tokens-clamped), and the full (lowered)
+    # max_tokens is reserved, so the reservation is a true bound. See docs/cost-control.md.
     reserve_output_tokens_cap: int = 32000
 
 
@@ -161,7 +174,9 @@ class RouterConfig(_Base, kw_only=True):
     rules: list[RuleConfig] = []
     default_target: str
     budgets: BudgetConfig = BudgetConfig()
-    prices: list[PriceConfig] = []
+    # Omitted: the embedded table (router/defaults/config.yml). Given: merged over it by prefix
+    # (see merge_prices); parse_config stores the merged table here.
+    prices: list[PriceConfig] | None = None
     alerts: AlertsConfig = AlertsConfig()
     gpu: GpuConfig = GpuConfig()
     # Header a client may send to force a target by name (cloud targets still obey budgets).
@@ -238,11 +253,37 @@ def parse_config(data: Any, source: str = "<config>", env: dict[str, str] | None
         cfg = msgspec.convert(data, RouterConfig, strict=False)
     except msgspec.ValidationError as e:
         raise ConfigError(f"{source}: {_locate(data, str(e))}") from None
+    cfg = msgspec.structs.replace(cfg, prices=merge_prices(embedded_prices(), cfg.prices or []))
     problems = _cross_check(cfg)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems) if len(problems) == 1
                           else f"{source}: {len(problems)} problems:\n  - " + "\n  - ".join(problems))
     return cfg
+
+
+DEFAULT_CONFIG_PATH = Path(__file__).parent / "defaults" / "config.yml"
+
+
+@functools.cache
+def embedded_prices() -> tuple[PriceConfig, ...]:
+    """The price table shipped with the router: the ``prices`` of ``defaults/config.yml``, its one home."""
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+    try:
+        return tuple(msgspec.convert(data["prices"], list[PriceConfig], strict=False))
+    except (KeyError, TypeError, msgspec.ValidationError) as e:  # a packaging bug, not an operator's
+        raise ConfigError(f"{DEFAULT_CONFIG_PATH}: prices: the embedded price table is invalid: {e}") from None
+
+
+def merge_prices(base: Sequence[PriceConfig], overrides: Sequence[PriceConfig]) -> list[PriceConfig]:
+    """The embedded table with a config's ``prices`` laid over it.
+
+    An entry whose ``prefix`` equals an embedded one replaces that entry whole; any other entry is
+    added. Lookups then take the longest matching prefix over the merged table, so an added
+    ``claude-sonnet-4`` does not shadow the embedded, more specific ``claude-sonnet-4-6``.
+    """
+    merged = {p.prefix: p for p in base}
+    merged.update({p.prefix: p for p in overrides})
+    return list(merged.values())
 
 
 def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> RouterConfig:
@@ -345,9 +386,18 @@ def _cross_check(cfg: RouterConfig) -> list[str]:
         problems.append("budgets: expected 0 <= alert_threshold <= daily_budget <= emergency_cutoff, found "
                         f"{b.alert_threshold} / {b.daily_budget} / {b.emergency_cutoff}")
     # A model that can cost money must have a price: silently billing $0 would defeat the budget.
+    prices = cfg.prices or []
+    for i, price in enumerate(prices):
+        if not price.prefix:
+            problems.append(f"prices[{i}].prefix: expected a model-name prefix, found an empty string")
+        rates = [price.input, price.output, price.cache_write_5m, price.cache_write_1h, price.cache_read,
+                 price.long_input, price.long_output, price.web_search_per_1000, price.fast_multiplier,
+                 *price.inference_geo_multipliers.values()]
+        if any(r is not None and r < 0 for r in rates):
+            problems.append(f"prices[{i}] ({price.prefix}): prices and multipliers must be >= 0")
     for name, target in cfg.targets.items():
         backend = cfg.backends.get(target.backend)
-        if backend is not None and backend.is_cloud and find_price(cfg.prices, target.model) is None:
+        if backend is not None and backend.is_cloud and find_price(prices, target.model) is None:
             problems.append(f"targets.{name}.model: no entry in prices matches cloud model "
                             f"{target.model!r}; add a prices entry whose prefix matches it")
     return problems

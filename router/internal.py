@@ -38,17 +38,34 @@ def text_of(content: Any) -> str:
 
 @dataclass
 class Usage:
-    """Token usage of one request, in Anthropic's terms."""
+    """Token usage of one request, in Anthropic's terms, plus what else its bill depends on."""
 
     input_tokens: int = 0
     output_tokens: int = 0
-    cache_creation_input_tokens: int = 0  # 5-minute cache writes (and the total when no split is given)
+    cache_creation_input_tokens: int = 0  # 5-minute cache writes
     cache_creation_1h_input_tokens: int = 0  # 1-hour cache writes
     cache_read_input_tokens: int = 0
+    web_search_requests: int = 0  # usage.server_tool_use.web_search_requests
+    speed: str | None = None  # "fast" for fast mode (from the usage, else the request)
+    inference_geo: str | None = None  # where inference ran (from the usage, else the request)
     estimated: bool = False  # True when the backend reported nothing and the router counted
 
+    @property
+    def prompt_tokens(self) -> int:
+        """Every input-side token: what the long-context threshold is compared with."""
+        return (self.input_tokens + self.cache_creation_input_tokens + self.cache_creation_1h_input_tokens
+                + self.cache_read_input_tokens)
+
     def update_from(self, usage: dict[str, Any] | None) -> None:
-        """Merge a usage object from a message or message_delta (later values are cumulative)."""
+        """Merge a usage object from a message, message_start or message_delta.
+
+        Every count is cumulative (a later event repeats and may raise it: server tools add
+        iterations), so a later value replaces an earlier one. ``message_start`` splits cache writes
+        into 5-minute and 1-hour (``cache_creation``); ``message_delta`` repeats only the total
+        ``cache_creation_input_tokens``. A total without a split keeps the split already known, and
+        writes beyond it are added to the 1-hour bucket when the request wrote any there (the
+        dearer rate: never under-billed), else to the 5-minute bucket.
+        """
         if not usage:
             return
         for key in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
@@ -56,12 +73,27 @@ class Usage:
             if isinstance(value, int):
                 setattr(self, key, value)
         creation = usage.get("cache_creation")
+        total = usage.get("cache_creation_input_tokens")
         if isinstance(creation, dict):
-            self.cache_creation_input_tokens = int(creation.get("ephemeral_5m_input_tokens") or 0)
-            self.cache_creation_1h_input_tokens = int(creation.get("ephemeral_1h_input_tokens") or 0)
-        elif isinstance(usage.get("cache_creation_input_tokens"), int):
-            self.cache_creation_input_tokens = usage["cache_creation_input_tokens"]
-            self.cache_creation_1h_input_tokens = 0
+            self.cache_creation_input_tokens = _int(creation.get("ephemeral_5m_input_tokens"))
+            self.cache_creation_1h_input_tokens = _int(creation.get("ephemeral_1h_input_tokens"))
+        if isinstance(total, int):
+            known = self.cache_creation_input_tokens + self.cache_creation_1h_input_tokens
+            if total > known:
+                if self.cache_creation_1h_input_tokens:
+                    self.cache_creation_1h_input_tokens += total - known
+                else:
+                    self.cache_creation_input_tokens += total - known
+            elif total < known and not isinstance(creation, dict):
+                # A smaller total than the split (not seen from the real API): trust the total.
+                self.cache_creation_input_tokens, self.cache_creation_1h_input_tokens = total, 0
+        server_tools = usage.get("server_tool_use")
+        if isinstance(server_tools, dict) and isinstance(server_tools.get("web_search_requests"), int):
+            self.web_search_requests = server_tools["web_search_requests"]
+        for key in ("speed", "inference_geo"):
+            value = usage.get(key)
+            if isinstance(value, str) and value:
+                setattr(self, key, value)
 
     def as_anthropic(self) -> dict[str, int]:
         return {
@@ -70,6 +102,10 @@ class Usage:
             "cache_creation_input_tokens": self.cache_creation_input_tokens + self.cache_creation_1h_input_tokens,
             "cache_read_input_tokens": self.cache_read_input_tokens,
         }
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0
 
 
 @dataclass

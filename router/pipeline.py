@@ -14,13 +14,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from .accounting import Admission, RequestRecord, Reservation
 from .backends import BackendUnavailable
 from .config import TargetConfig
+from .cost.bounds import limit_request, needs_exact_count, prompt_token_bound
 from .errors import BudgetExhaustedError, RouterError, UpstreamError, UpstreamStatusError
 from .features import Features, extract_features
 from .gpu import energy_between
-from .internal import CallContext, Message, Request, StreamEvent
+from .internal import CallContext, Message, Request, StreamEvent, Usage
 from .rules import RouteDecision
 from .runtime import Runtime
 
@@ -46,6 +49,8 @@ class Outcome:
     message: Message | None = None
     events: AsyncIterator[StreamEvent] | None = None
     notes: list[str] = field(default_factory=list)
+    # (asked, sent) when a cloud call's max_tokens was lowered to budgets.reserve_output_tokens_cap
+    max_tokens_clamped: tuple[int, int] | None = None
     _call: _Call | None = field(default=None, repr=False)
     _upstream: AsyncIterator[StreamEvent] | None = field(default=None, repr=False)
 
@@ -81,6 +86,10 @@ class Outcome:
              "x-aibox-rule": self.plan.decision.rule, "x-aibox-fallback": "true" if self.fallback else "false"}
         if self.downgraded:
             h["x-aibox-downgraded"] = "true"
+        if self.max_tokens_clamped:
+            asked, sent = self.max_tokens_clamped
+            # The budget reserves what may be produced; a larger max_tokens was lowered to fit.
+            h["x-aibox-max-tokens-clamped"] = f"{asked}->{sent}"
         return h
 
 
@@ -121,16 +130,21 @@ class _Call:
         self.cloud = cfg.backends[self.target.backend].is_cloud
         self.ctx = CallContext()
         self.reservation: Reservation | None = None
+        self.body: Request = {}  # what goes to the backend (set by _attempts)
+        self.max_tokens_clamped: tuple[int, int] | None = None
         self.started = time.perf_counter()
         self.first_token: float | None = None
-        self.output_chars = 0
+        self.output_bytes = 0  # UTF-8 bytes of the output the client was sent (text, tool input, thinking)
+        self.thinking_seen = False
+        self.stream_started = False  # message_start arrived: the API is working (and billing) on it
+        self.final_usage_seen = False  # a message_delta (or whole message) brought the final counts
         self._energy0 = None if self.cloud or runtime.gpu is None else runtime.gpu.energy_joules()
         f = plan.features
         self.record = RequestRecord(
             ts=time.time(), client=f.client, rule=plan.decision.rule, target=target_name,
             backend=self.target.backend, model=self.target.model, protocol=protocol, stream=stream,
             cloud=self.cloud, fallback=index > 0, downgraded=downgraded, task=f.task,
-            complexity=f.complexity,
+            complexity=f.complexity, requested_model=f.model,
         )
         self._settled = False
 
@@ -144,14 +158,25 @@ class _Call:
         """The answer this call gave: a whole message, or the events of a stream."""
         return Outcome(plan, self.target_name, self.target.backend, self.target.model,
                        fallback=self.record.fallback, downgraded=self.record.downgraded,
-                       message=message, events=events, _call=self, _upstream=upstream)
+                       message=message, events=events, max_tokens_clamped=self.max_tokens_clamped,
+                       _call=self, _upstream=upstream)
 
     def observe(self, event: StreamEvent) -> None:
-        if event.get("type") == "content_block_delta":
+        etype = event.get("type")
+        if etype == "content_block_delta":
             if self.first_token is None:
                 self.first_token = time.perf_counter()
             delta = event.get("delta") or {}
-            self.output_chars += len(delta.get("text") or delta.get("partial_json") or delta.get("thinking") or "")
+            text = delta.get("text") or delta.get("partial_json") or delta.get("thinking") or ""
+            self.output_bytes += len(text.encode("utf-8", "replace"))
+        elif etype == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") in ("thinking", "redacted_thinking"):
+                self.thinking_seen = True
+        elif etype == "message_start":
+            self.stream_started = True
+        elif etype == "message_delta":
+            self.final_usage_seen = True
 
     async def settle(self, status: str, http_status: int = 200, error: str = "") -> None:
         if self._settled:
@@ -159,10 +184,11 @@ class _Call:
         self._settled = True
         rec = self.record
         rec.usage = self.ctx.usage
-        if status == "aborted" and rec.usage.output_tokens < self.output_chars // 4:
-            # The stream ended before the final usage event: count what the client received.
-            rec.usage.output_tokens = self.output_chars // 4
-            rec.usage.estimated = True
+        # Refused, 4xx, 5xx and unreachable calls are not billed; a call abandoned while the backend
+        # may be working on it is, and so is a cloud stream that failed after the API began it.
+        if not self.final_usage_seen and (
+                status == "aborted" or (self.cloud and status == "error" and self.stream_started)):
+            estimate_unreported_usage(rec.usage, self.body, self.output_bytes, self.thinking_seen)
         now = time.perf_counter()
         rec.latency_ms = (now - self.started) * 1000
         rec.ttft_ms = (self.first_token - self.started) * 1000 if self.first_token else None
@@ -176,10 +202,52 @@ class _Call:
             log.exception("ledger: could not settle a %s call to %s", status, self.target_name)
 
 
-async def _admit(runtime: Runtime, call: _Call, plan: Plan, request: Request) -> Admission:
+# Bytes of output per token when the router must estimate (English prose is ~4, code ~3.5, CJK
+# ~3 bytes per token): rounding towards more tokens.
+ESTIMATE_BYTES_PER_TOKEN = 3
+
+
+def estimate_unreported_usage(usage: Usage, body: Request, output_bytes: int, thinking_seen: bool) -> None:
+    """A cloud call that ended without its final usage (client abort, connection lost, an error
+    event, shutdown): estimate what Anthropic bills for it, and flag the usage as estimated.
+
+    Output: what the client was sent, at ESTIMATE_BYTES_PER_TOKEN; when a thinking block was under
+    way, the thinking budget (``thinking.budget_tokens``, else max_tokens), since thinking that is
+    summarised or not displayed is billed in full but never seen. The prompt, when not even
+    ``message_start`` reported it: the bytes of the request at the same rate.
+    """
+    output = -(-output_bytes // ESTIMATE_BYTES_PER_TOKEN)
+    if thinking_seen:
+        thinking = body.get("thinking") if isinstance(body.get("thinking"), dict) else {}
+        budget = thinking.get("budget_tokens")
+        max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else 0
+        output = max(output, min(budget, max_tokens) if isinstance(budget, int) and max_tokens else max_tokens)
+    if output > usage.output_tokens:
+        usage.output_tokens = output
+        usage.estimated = True
+    if usage.prompt_tokens == 0 and body:
+        usage.input_tokens = -(-len(msgspec.json.encode(body)) // ESTIMATE_BYTES_PER_TOKEN)
+        usage.estimated = True
+
+
+async def _admit(runtime: Runtime, call: _Call, plan: Plan) -> Admission:
+    """Reserve the call's worst case; the prompt bound counts exactly where bytes cannot bound it."""
+    exact: int | None = None
+    if needs_exact_count(call.body):
+        try:
+            exact = await call.backend.count_tokens(call.body, CallContext(forward_headers=call.ctx.forward_headers))
+        except (BackendUnavailable, RouterError) as e:
+            reason = getattr(e, "reason", None) or getattr(e, "message", None) or str(e)
+            return Admission(allowed=False, refusal="unbounded",
+                             reason=f"the request's documents or media by reference cannot be bounded from its "
+                                    f"bytes and counting its tokens failed: {reason}")
+        if exact is None:
+            return Admission(allowed=False, refusal="unbounded",
+                             reason="the request's documents or media by reference cannot be bounded from its "
+                                    "bytes, and the backend cannot count tokens")
     return await runtime.accounting.admit(target=call.target_name, model=call.target.model,
-                                          client=plan.features.client, request=request,
-                                          input_tokens=plan.features.input_tokens)
+                                          client=plan.features.client, request=call.body,
+                                          input_tokens=prompt_token_bound(call.body, exact))
 
 
 async def _no_target_error(runtime: Runtime, plan: Plan, protocol: str, stream: bool,
@@ -189,9 +257,11 @@ async def _no_target_error(runtime: Runtime, plan: Plan, protocol: str, stream: 
         refused = _Call(runtime, plan, plan.chain[0], 0, False, protocol, stream)
         runtime.accounting.rule_started(plan.decision.rule)
         await refused.settle("refused", 400, "; ".join(refusals))
+        budget = any(("budget" in r or "cutoff" in r) for r in refusals)
         return BudgetExhaustedError("The aibox router will not send this request to the cloud: "
-                                    + "; ".join(refusals) + ". No local model could take it. Retrying will not "
-                                    "help until the budget day rolls over or an operator releases the cutoff.")
+                                    + "; ".join(refusals) + ". No local model could take it. "
+                                    + ("Retrying will not help until the budget day rolls over or an operator "
+                                       "releases the cutoff." if budget else "Retrying the same request will not help."))
     return UpstreamError("No backend could answer: " + "; ".join(refusals + failures))
 
 
@@ -201,8 +271,17 @@ async def _attempts(runtime: Runtime, plan: Plan, request: Request, protocol: st
     downgraded = False
     for index, target_name in enumerate(plan.chain):
         call = _Call(runtime, plan, target_name, index, downgraded, protocol, stream)
+        call.body = _prepare(request, call.target)
+        call.ctx.forward_headers = dict(forward_headers or {})
         if call.cloud:
-            admission = await _admit(runtime, call, plan, request)
+            call.body, clamped_from = limit_request(call.body, runtime.config.budgets.reserve_output_tokens_cap)
+            if clamped_from is not None:
+                call.max_tokens_clamped = (clamped_from, call.body["max_tokens"])
+            # Billed at the request's modes unless the usage reports otherwise.
+            call.ctx.usage.speed = call.body.get("speed") if isinstance(call.body.get("speed"), str) else None
+            geo = call.body.get("inference_geo")
+            call.ctx.usage.inference_geo = geo if isinstance(geo, str) else None
+            admission = await _admit(runtime, call, plan)
             if not admission.allowed:
                 refusals.append(f"{target_name}: {admission.reason}")
                 downgraded = True
@@ -210,7 +289,6 @@ async def _attempts(runtime: Runtime, plan: Plan, request: Request, protocol: st
             call.reservation = admission.reservation
         # Counted from now, so concurrent requests cannot all slip under a rule's daily_limit.
         runtime.accounting.rule_started(plan.decision.rule)
-        call.ctx.forward_headers = dict(forward_headers or {})
         yield call
 
 
@@ -231,7 +309,7 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
     refusals: list[str] = []
     async for call in _attempts(runtime, plan, request, protocol, False, refusals, forward_headers):
         try:
-            message = await call.backend.complete(_prepare(request, call.target), call.target, call.ctx)
+            message = await call.backend.complete(call.body, call.target, call.ctx)
         except BackendUnavailable as e:
             await _pass_over(call, e, failures)
             continue
@@ -243,6 +321,7 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
                                              499 if isinstance(e, asyncio.CancelledError) else 500, repr(e)))
             raise
         call.ctx.usage.update_from(message.get("usage"))
+        call.final_usage_seen = True
         call.first_token = call.first_token or time.perf_counter()
         await call.settle("ok")
         return call.outcome(plan, message=message)
@@ -262,7 +341,7 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
     failures: list[str] = []
     refusals: list[str] = []
     async for call in _attempts(runtime, plan, request, protocol, True, refusals, forward_headers):
-        upstream = call.backend.stream(_prepare(request, call.target), call.target, call.ctx)
+        upstream = call.backend.stream(call.body, call.target, call.ctx)
         try:
             first = await upstream.__anext__()
         except BackendUnavailable as e:

@@ -68,6 +68,10 @@ class Runtime:
 
     async def aclose(self) -> None:
         await self._close_backends()
+        # Cloud calls still in flight now fail; let them settle (with their estimate) before the
+        # ledger closes. Any that do not are recorded at their reservation by accounting.close().
+        if not await self.accounting.wait_settled(timeout_s=10):
+            log.error("shutting down with cloud calls unsettled; they are recorded at their reservations")
         try:
             # Give alerts in flight (e.g. "budget reached") a bounded chance to go out on shutdown.
             await asyncio.wait_for(self.accounting.drain_alerts(), timeout=10)

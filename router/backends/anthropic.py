@@ -36,7 +36,7 @@ _NOT_FORWARDED = frozenset({"x-api-key", "authorization", "host", "content-lengt
 
 # Messages fields that count_tokens rejects; everything else about the prompt is kept for an exact count.
 _NOT_COUNTED = ("max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata",
-                "service_tier")
+                "service_tier", "speed", "inference_geo")
 
 # Upstream error events that mean "try elsewhere" when they arrive before anything reached the client.
 _RETRYABLE_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "timeout_error"})

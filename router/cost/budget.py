@@ -1,9 +1,10 @@
 """Admission control: the daily budget, per-client budgets, in-flight reservations, the cutoff.
 
 How overshoot is prevented: before a cloud call, ``admit`` reserves the call's worst-case cost
-(its input plus ``min(max_tokens, reserve_output_tokens_cap)`` output tokens at the model's
-price) and refuses when today's settled spend + every in-flight reservation + this worst case
-would reach the budget. ``admit`` does not await between reading the totals and taking the
+(bounds.py: every prompt token at the dearest input rate, ``max_tokens`` output, as lowered to
+``reserve_output_tokens_cap``, every allowed web search, the mode multipliers) and refuses when
+today's settled spend + every in-flight reservation + this worst case would reach the budget.
+As each call settles at or under its reservation, settled spend never passes the budget. ``admit`` does not await between reading the totals and taking the
 reservation, so on one asyncio loop no two calls can both take the last dollar. ``settle``
 swaps the reservation for the real cost in one synchronous step after the ledger write, so at
 no moment is a call counted neither as reserved nor as spent.
@@ -31,8 +32,9 @@ from ..accounting import Admission, RequestRecord, Reservation
 from ..config import PriceConfig, RouterConfig
 from ..internal import Request
 from ..metrics import METRICS, BudgetGauges, Metrics
-from ..pricing import cost_usd, find_price, usd, worst_case_cost
+from ..pricing import UnpricedMode, cost_usd, find_price, usd, worst_case_cost
 from .alerts import ALERT_THRESHOLD, DAILY_BUDGET, EMERGENCY_CUTOFF, Alerter, threshold_alert
+from .bounds import WEB_SEARCH_RESULT_TOKENS, output_token_bound, web_search_bound
 from .ledger import CutoffState, LedgerRow, LedgerStore, SqliteLedger
 
 log = logging.getLogger("aibox_router.cost")
@@ -105,10 +107,13 @@ class _Held:
     amount: Decimal
     client: str
     day: str
+    target: str = ""
+    model: str = ""
+    ts: float = 0.0
 
 
 def _most_expensive(prices: list[PriceConfig]) -> PriceConfig | None:
-    return max(prices, key=lambda p: (p.output, p.input), default=None)
+    return max(prices, key=lambda p: (p.output, p.input, p.long_output or 0, p.long_input or 0), default=None)
 
 
 class CostControl:
@@ -170,6 +175,7 @@ class CostControl:
         if self._sync_timer is not None:
             self._sync_timer.cancel()
         self._writer.shutdown(wait=True)
+        self._record_unsettled()
         try:
             self.store.flush()
         except Exception:  # closing anyway: the rows are committed, only not yet fsynced
@@ -180,6 +186,34 @@ class CostControl:
     async def aclose(self) -> None:
         await self.alerts.drain()
         self.close()
+
+    async def wait_settled(self, timeout_s: float) -> bool:
+        """Wait (bounded) until every admitted cloud call has settled: on shutdown, after the
+        backends were closed, the calls still in flight fail fast and settle with an estimate."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._reservations and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return not self._reservations
+
+    def _record_unsettled(self) -> None:
+        """Cloud calls that never settled (a forced shutdown): the API may have billed them, and
+        nothing says how much, so each is recorded at its reservation, flagged as estimated."""
+        for held in list(self._reservations.values()):
+            target = self._config.targets.get(held.target)
+            row = LedgerRow(ts=held.ts, day=held.day, client=held.client, rule="", target=held.target,
+                            backend=target.backend if target else "", model=held.model, protocol="", stream=False,
+                            cloud=True, usage_estimated=True, cost_usd=held.amount, status="aborted",
+                            http_status=499, error="the router shut down before this cloud call settled; "
+                                                    "recorded at its reserved worst case")
+            try:
+                self.store.insert(row, durable=True)
+                log.error("shutdown: a cloud call to %s had not settled; recorded at its reservation $%s",
+                          held.model, held.amount)
+            except Exception:
+                log.exception("shutdown: could not record an unsettled cloud call to %s ($%s reserved)",
+                              held.model, held.amount)
+        self._reservations.clear()
 
     async def drain_alerts(self) -> None:
         await self.alerts.drain()
@@ -341,11 +375,16 @@ class CostControl:
             # the dearest known price rather than at $0.
             log.error("no price for cloud model %r (target %s); reserving at the highest configured price",
                       model, target)
-            price = _most_expensive(list(self._config.prices))
-        max_tokens = request.get("max_tokens")
-        cap = lim.reserve_output_tokens_cap
-        out = min(max_tokens, cap) if isinstance(max_tokens, int) and max_tokens > 0 else cap
-        worst = worst_case_cost(price, input_tokens, out)
+            price = _most_expensive(list(self._config.prices or []))
+        # input_tokens is the pipeline's upper bound on the prompt (bounds.prompt_token_bound).
+        searches = web_search_bound(request)
+        try:
+            worst = worst_case_cost(price, input_tokens + searches * WEB_SEARCH_RESULT_TOKENS,
+                                    output_token_bound(request, lim.reserve_output_tokens_cap),
+                                    web_searches=searches, speed=request.get("speed"),
+                                    inference_geo=request.get("inference_geo"))
+        except UnpricedMode as e:
+            return Admission(allowed=False, refusal="unpriced", reason=str(e))
         if self._spend + reserved + worst >= lim.daily_budget:
             return Admission(allowed=False, refusal="budget",
                              reason=f"daily cloud budget ${lim.daily_budget:.2f} for {day}: ${self._spend:.2f} "
@@ -360,7 +399,8 @@ class CostControl:
                                         f"${c_spend:.2f} spent, ${c_reserved:.2f} in flight, this call may "
                                         f"cost ${worst:.4f}")
         rid = next(self._ids)
-        self._reservations[rid] = _Held(amount=worst, client=client, day=day)
+        self._reservations[rid] = _Held(amount=worst, client=client, day=day, target=target, model=model,
+                                        ts=self.clock())
         return Admission(allowed=True, reservation=Reservation(id=rid, amount_usd=worst, client=client))
 
     async def settle(self, reservation: Reservation | None, record: RequestRecord) -> None:

@@ -70,6 +70,10 @@ class LedgerRow:
     complexity: int = 0
     error: str = ""
     energy_j: float | None = None
+    requested_model: str = ""
+    web_search_requests: int = 0
+    speed: str = ""
+    inference_geo: str = ""
     id: int | None = None  # assigned by the store
 
     @classmethod
@@ -85,7 +89,8 @@ class LedgerRow:
             latency_ms=record.latency_ms, ttft_ms=record.ttft_ms, status=record.status,
             http_status=record.http_status, fallback=record.fallback, downgraded=record.downgraded,
             task=record.task, complexity=record.complexity, error=record.error[:2000],
-            energy_j=record.energy_j,
+            energy_j=record.energy_j, requested_model=record.requested_model,
+            web_search_requests=u.web_search_requests, speed=u.speed or "", inference_geo=u.inference_geo or "",
         )
 
 
@@ -234,6 +239,15 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
             ts REAL NOT NULL,
             PRIMARY KEY (day, kind)
         )""")
+
+
+@_migration
+def _v2_billing_modes(conn: sqlite3.Connection) -> None:
+    # What a bill depends on besides tokens, and the model the client asked for (report savings).
+    conn.execute("ALTER TABLE requests ADD COLUMN requested_model TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE requests ADD COLUMN web_search_requests INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE requests ADD COLUMN speed TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE requests ADD COLUMN inference_geo TEXT NOT NULL DEFAULT ''")
 
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -3,6 +3,17 @@
 Pure functions over ledger rows, so the numbers can be checked against hand-made records. The
 goals are the project's success measures: local answers fast (p95 under 5 s), at least 80% of
 queries answered locally, and under $0.10 per query on average.
+
+Queries are answered calls: a call that ended in an error (a failed local attempt before a
+fallback answered, an upstream failure) is not a query, and a refusal is counted on its own.
+
+**All-cloud cost** is what the period would have cost with every local answer sent to the cloud:
+each local answer priced at the model its client asked for (``claude-haiku-*`` at Haiku's price;
+a name with no price, such as an OpenAI client's target name, at the reference model), with the
+share of its prompt that the period's cloud calls read from the prompt cache billed as cache
+reads (Claude Code's turns are mostly cache reads). With no cloud calls to measure that share,
+no caching is assumed, and the report says so. **Savings** are that minus what was spent, minus
+the GPU's electricity where it was measured.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ..config import RouterConfig
+from ..config import PriceConfig, RouterConfig
 from ..internal import Usage
 from ..pricing import cost_usd, find_price, usd
 from .ledger import LedgerRow
@@ -68,7 +79,11 @@ class Report:
     refused: int = 0
     spend_usd: Decimal = Decimal(0)
     budget_usd: Decimal = Decimal(0)
+    errors: int = 0  # calls that ended in an error (not queries)
     local_at_cloud_price_usd: Decimal = Decimal(0)
+    cache_read_share: float = 0.0  # of the cloud calls' prompt tokens, applied to local answers
+    cache_read_share_measured: bool = False  # False: no cloud calls in the period, no caching assumed
+    estimated_token_share: float | None = None  # of the local tokens priced, the share estimated
     local_latency_p50_ms: float | None = None
     local_latency_p95_ms: float | None = None
     local_ttft_p50_ms: float | None = None
@@ -95,12 +110,13 @@ class Report:
 
     @property
     def all_cloud_usd(self) -> Decimal:
-        """What the same traffic would have cost with the local share sent to the reference model."""
+        """What the same traffic would have cost with every local answer sent to the cloud."""
         return self.spend_usd + self.local_at_cloud_price_usd
 
     @property
     def savings_usd(self) -> Decimal:
-        return self.local_at_cloud_price_usd
+        """All-cloud cost less what was spent: cloud spend and the GPU's electricity."""
+        return self.local_at_cloud_price_usd - self.electricity_usd
 
     @property
     def cost_per_query_usd(self) -> Decimal | None:
@@ -142,10 +158,23 @@ def default_reference_model(config: RouterConfig) -> str | None:
     return None
 
 
-def _usage(r: LedgerRow) -> Usage:
-    return Usage(input_tokens=r.input_tokens, output_tokens=r.output_tokens,
-                 cache_creation_input_tokens=r.cache_write_5m_tokens,
-                 cache_creation_1h_input_tokens=r.cache_write_1h_tokens, cache_read_input_tokens=r.cache_read_tokens)
+def _prompt_tokens(r: LedgerRow) -> int:
+    return r.input_tokens + r.cache_write_5m_tokens + r.cache_write_1h_tokens + r.cache_read_tokens
+
+
+def cloud_cache_read_share(rows: list[LedgerRow]) -> float | None:
+    """The share of the answered cloud calls' prompt tokens that were cache reads (None: no data)."""
+    answered = [r for r in rows if r.cloud and r.status not in ("error", "refused")]
+    prompt = sum(_prompt_tokens(r) for r in answered)
+    return sum(r.cache_read_tokens for r in answered) / prompt if prompt else None
+
+
+def local_at_cloud_price(r: LedgerRow, price: PriceConfig | None, cache_read_share: float) -> Decimal:
+    """What local answer *r* would have cost in the cloud, its prompt cached like the cloud calls'."""
+    prompt = _prompt_tokens(r)
+    cached = round(prompt * cache_read_share)
+    return cost_usd(price, Usage(input_tokens=prompt - cached, cache_read_input_tokens=cached,
+                                 output_tokens=r.output_tokens))
 
 
 def _add(groups: dict[str, Group], key: str, r: LedgerRow) -> None:
@@ -165,10 +194,14 @@ def build_report(rows: list[LedgerRow], config: RouterConfig, *, first_day: str,
                  reference_model: str | None = None) -> Report:
     ref = reference_model or default_reference_model(config) or ""
     ref_price = find_price(config.prices, ref) if ref else None
+    in_range = [r for r in rows if first_day <= r.day <= last_day]
+    measured_share = cloud_cache_read_share(in_range)
     n_days = (date.fromisoformat(last_day) - date.fromisoformat(first_day)).days + 1
     daily_budget = usd(config.budgets.daily_budget)
     rep = Report(first_day=first_day, last_day=last_day, days=n_days, reference_model=ref,
-                 budget_usd=daily_budget * n_days)
+                 budget_usd=daily_budget * n_days, cache_read_share=measured_share or 0.0,
+                 cache_read_share_measured=measured_share is not None)
+    priced_tokens = estimated_tokens = 0
     per_day = {(date.fromisoformat(first_day) + timedelta(days=i)).isoformat(): DayLine(
         day=(date.fromisoformat(first_day) + timedelta(days=i)).isoformat(), spend_usd=Decimal(0),
         budget_usd=daily_budget, cloud_calls=0, local_calls=0) for i in range(n_days)}
@@ -176,9 +209,7 @@ def build_report(rows: list[LedgerRow], config: RouterConfig, *, first_day: str,
     ttfts: list[float] = []
     served: dict[str, list[int]] = {}  # backend -> [non-error, all]
     joules = 0.0
-    for r in rows:
-        if not first_day <= r.day <= last_day:
-            continue
+    for r in in_range:
         line = per_day[r.day]
         if r.cloud:
             rep.spend_usd += r.cost_usd
@@ -188,13 +219,20 @@ def build_report(rows: list[LedgerRow], config: RouterConfig, *, first_day: str,
         if r.status == "refused":
             rep.refused += 1
             continue
-        if r.cloud:
+        rep.errors += r.status == "error"
+        if r.status == "error":
+            pass  # an attempt, not a query: counted per backend and group below
+        elif r.cloud:
             rep.cloud_calls += 1
             line.cloud_calls += 1
         else:
             rep.local_calls += 1
             line.local_calls += 1
-            rep.local_at_cloud_price_usd += cost_usd(ref_price, _usage(r))
+            asked = find_price(config.prices, r.requested_model) if r.requested_model else None
+            rep.local_at_cloud_price_usd += local_at_cloud_price(r, asked or ref_price, rep.cache_read_share)
+            tokens = _prompt_tokens(r) + r.output_tokens
+            priced_tokens += tokens
+            estimated_tokens += tokens if r.usage_estimated else 0
             if r.status == "ok":
                 latencies.append(r.latency_ms)
                 if r.ttft_ms is not None:
@@ -209,6 +247,7 @@ def build_report(rows: list[LedgerRow], config: RouterConfig, *, first_day: str,
     rep.availability = {b: ok / n for b, (ok, n) in sorted(served.items())}
     rep.local_latency_p50_ms, rep.local_latency_p95_ms = percentile(latencies, 0.5), percentile(latencies, 0.95)
     rep.local_ttft_p50_ms, rep.local_ttft_p95_ms = percentile(ttfts, 0.5), percentile(ttfts, 0.95)
+    rep.estimated_token_share = estimated_tokens / priced_tokens if priced_tokens else None
     rep.energy_kwh = joules / JOULES_PER_KWH
     rep.electricity_usd = Decimal(str(rep.energy_kwh)) * usd(config.gpu.electricity_usd_per_kwh)
     return rep
@@ -227,11 +266,16 @@ def report_to_json(rep: Report) -> dict[str, Any]:
     return {
         "first_day": rep.first_day, "last_day": rep.last_day, "days": rep.days,
         "cloud_calls": rep.cloud_calls, "local_calls": rep.local_calls, "refused": rep.refused,
+        "errors": rep.errors,
         "queries": rep.queries, "local_share": rep.local_share,
         "spend_usd": _money(rep.spend_usd), "budget_usd": _money(rep.budget_usd),
         "budget_remaining_usd": _money(rep.budget_remaining_usd),
         "reference_model": rep.reference_model, "all_cloud_usd": _money(rep.all_cloud_usd),
         "savings_usd": _money(rep.savings_usd), "cost_per_query_usd": _money(rep.cost_per_query_usd),
+        "local_at_cloud_price_usd": _money(rep.local_at_cloud_price_usd),
+        "cache_read_share": rep.cache_read_share,
+        "cache_read_share_source": "measured" if rep.cache_read_share_measured else "assumed (no cloud calls)",
+        "estimated_token_share": rep.estimated_token_share,
         "local_latency_ms": {"p50": rep.local_latency_p50_ms, "p95": rep.local_latency_p95_ms},
         "local_ttft_ms": {"p50": rep.local_ttft_p50_ms, "p95": rep.local_ttft_p95_ms},
         "energy_kwh": rep.energy_kwh, "electricity_usd": _money(rep.electricity_usd),
@@ -257,12 +301,18 @@ def format_report(rep: Report) -> str:
     lines = [
         f"aibox-router report for {period}",
         "",
-        f"  queries         {rep.queries}  (cloud {rep.cloud_calls}, local {rep.local_calls}, refused {rep.refused})",
+        (f"  queries         {rep.queries}  (cloud {rep.cloud_calls}, local {rep.local_calls}; not counted: "
+         f"refused {rep.refused}, errors {rep.errors})"),
         f"  local share     {share}",
         (f"  cloud spend     ${rep.spend_usd:.2f} of ${rep.budget_usd:.2f} budget "
          f"(${rep.budget_remaining_usd:.2f} remaining)"),
-        f"  all-cloud cost  ${rep.all_cloud_usd:.2f} with local traffic priced as {rep.reference_model or 'n/a'}",
-        f"  savings         ${rep.savings_usd:.2f}",
+        (f"  all-cloud cost  ${rep.all_cloud_usd:.2f}: local answers priced at the model asked for "
+         f"(else {rep.reference_model or 'n/a'}), {rep.cache_read_share:.0%} of their prompt as cache reads "
+         f"({'as the cloud calls had' if rep.cache_read_share_measured else 'assumed: no cloud calls to measure'})"),
+        (f"  savings         ${rep.savings_usd:.2f} (all-cloud cost less spend"
+         f"{' and electricity' if rep.electricity_usd else ''}"
+         + ("" if rep.estimated_token_share is None else f"; {rep.estimated_token_share:.0%} of local tokens estimated")
+         + ")"),
         f"  cost per query  {cpq}",
         (f"  local latency   p50 {_ms(rep.local_latency_p50_ms)}, p95 {_ms(rep.local_latency_p95_ms)} "
          f"(first token p50 {_ms(rep.local_ttft_p50_ms)}, p95 {_ms(rep.local_ttft_p95_ms)})"),

@@ -4,17 +4,22 @@ It stands in for the real Anthropic Messages API, which tests cannot reach: a St
 uvicorn on a loopback port in a background thread. It speaks the real wire format: the same JSON
 objects, the same SSE framing and event order (message_start with cache usage, content blocks for
 text, tool_use with input_json_delta fragments and thinking with a signature, ping, message_delta with
-stop_reason and output_tokens, message_stop), the same error bodies, and 401 without a key (sent as
+stop_reason and the cumulative usage the real API repeats there: input, output, cache write total (not
+its 5-minute / 1-hour split, which only message_start carries), cache read and server tool use;
+message_stop), the same error bodies, and 401 without a key (sent as
 ``x-api-key``, or as ``Authorization: Bearer`` the way recent official SDKs send it).
 
 Knobs: queue ``Reply`` objects in ``replies`` (otherwise ``default_reply`` answers), force an HTTP
-status with ``force_status``, slow every answer with ``delay_s``. Every request is recorded in
+status with ``force_status``, slow every answer with ``delay_s``. ``bill_worst_case`` makes every answer
+report the most a request could be billed: each byte of its prompt (system, messages, tools) as a
+1-hour cache write, ``max_tokens`` output tokens, and ``max_uses`` web searches per web search tool. Every request is recorded in
 ``requests`` (path, headers, parsed body).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import socket
@@ -44,8 +49,10 @@ class Reply:
     stop_reason: str = "end_turn"
     input_tokens: int = 25
     output_tokens: int = 12
-    cache_creation_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0  # 5-minute cache writes
+    cache_creation_1h_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    web_search_requests: int = 0
     status: int = 200  # anything else answers with that status and an Anthropic error body
     error_message: str = "scripted error"
     stream_error: str | None = None  # an error type sent as an `error` event, which ends the stream
@@ -102,6 +109,7 @@ class FakeAnthropic:
         self.default_reply = Reply()
         self.force_status: int | None = None
         self.delay_s = 0.0
+        self.bill_worst_case = False
         self.count_tokens_result: int | None = None  # None: a rough count of the request text
         self.requests: list[Recorded] = []
         self._ids = itertools.count(1)
@@ -120,6 +128,7 @@ class FakeAnthropic:
         self.default_reply = Reply()
         self.force_status = None
         self.delay_s = 0.0
+        self.bill_worst_case = False
         self.count_tokens_result = None
         self.requests.clear()
 
@@ -175,15 +184,19 @@ class FakeAnthropic:
     async def _messages(self, request: Request) -> Response:
         rec = await self._record(request)
         request_id = f"req_fake{next(self._ids):06d}"
+        # Everything about the answer is decided on arrival: a request still sleeping in delay_s
+        # after its client gave up must not take a reply queued later for another test.
+        refusal = self._refusal(rec, request_id)
+        reply = self.replies.pop(0) if refusal is None and self.replies else self.default_reply
+        if self.bill_worst_case:
+            reply = worst_case_reply(reply, rec.body)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        refusal = self._refusal(rec, request_id)
         if refusal is not None:
             return refusal
-        reply = self.replies.pop(0) if self.replies else self.default_reply
         if reply.status != 200:
             return self._error(reply.status, reply.error_message, request_id)
-        message = self._message(reply, rec.body.get("model", "claude-unknown"))
+        message = self._message(reply, rec.body)
         if not rec.body.get("stream"):
             return JSONResponse(message, headers={"request-id": request_id})
         return StreamingResponse(self._stream(reply, message), media_type="text/event-stream",
@@ -215,29 +228,41 @@ class FakeAnthropic:
 
     # -- message and stream ----------------------------------------------------------------------
 
-    def _usage(self, reply: Reply, output_tokens: int) -> dict[str, Any]:
-        return {"input_tokens": reply.input_tokens,
-                "cache_creation_input_tokens": reply.cache_creation_input_tokens,
-                "cache_read_input_tokens": reply.cache_read_input_tokens,
-                "cache_creation": {"ephemeral_5m_input_tokens": reply.cache_creation_input_tokens,
-                                   "ephemeral_1h_input_tokens": 0},
-                "output_tokens": output_tokens, "service_tier": "standard"}
+    def _usage(self, reply: Reply, body: dict[str, Any], output_tokens: int, searches: int) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "input_tokens": reply.input_tokens,
+            "cache_creation_input_tokens": reply.cache_creation_input_tokens + reply.cache_creation_1h_input_tokens,
+            "cache_read_input_tokens": reply.cache_read_input_tokens,
+            "cache_creation": {"ephemeral_5m_input_tokens": reply.cache_creation_input_tokens,
+                               "ephemeral_1h_input_tokens": reply.cache_creation_1h_input_tokens},
+            "output_tokens": output_tokens, "server_tool_use": {"web_search_requests": searches},
+            "service_tier": "standard"}
+        # Like the real API, the usage says which speed and geo the request ran at.
+        for key in ("speed", "inference_geo"):
+            if isinstance(body.get(key), str):
+                usage[key] = body[key]
+        return usage
 
-    def _message(self, reply: Reply, model: str) -> dict[str, Any]:
-        return {"id": f"msg_01Fake{next(self._ids):08d}", "type": "message", "role": "assistant", "model": model,
-                "content": reply.content, "stop_reason": reply.stop_reason, "stop_sequence": None,
-                "usage": self._usage(reply, reply.output_tokens)}
+    def _message(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
+        return {"id": f"msg_01Fake{next(self._ids):08d}", "type": "message", "role": "assistant",
+                "model": body.get("model", "claude-unknown"), "content": reply.content,
+                "stop_reason": reply.stop_reason, "stop_sequence": None,
+                "usage": self._usage(reply, body, reply.output_tokens, reply.web_search_requests)}
 
     def _events(self, reply: Reply, message: dict[str, Any]) -> list[dict[str, Any]]:
+        final = message["usage"]
         start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
-                 "usage": self._usage(reply, 1)}
+                 "usage": {**final, "output_tokens": 1, "server_tool_use": {"web_search_requests": 0}}}
         events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
         for index, block in enumerate(reply.content):
             events.extend(_block_events(index, block))
             if index == 0:
                 events.insert(2, {"type": "ping"})  # the real API pings right after the first block starts
+        # The real message_delta repeats the cumulative counts, but not the cache_creation split.
+        delta_usage = {key: final[key] for key in ("input_tokens", "cache_creation_input_tokens",
+                                                   "cache_read_input_tokens", "output_tokens", "server_tool_use")}
         events.append({"type": "message_delta", "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
-                       "usage": {"output_tokens": reply.output_tokens}})
+                       "usage": delta_usage})
         events.append({"type": "message_stop"})
         return events
 
@@ -252,6 +277,18 @@ class FakeAnthropic:
         for event in events:
             yield _sse(event)
             await asyncio.sleep(0)  # separate writes, so clients see the stream arrive in pieces
+
+
+def worst_case_reply(reply: Reply, body: dict[str, Any]) -> Reply:
+    """*reply* billed at the most the request allows (see the module docstring)."""
+    # Compact UTF-8 JSON: a token is at least one byte of the text it stands for.
+    prompt = len(json.dumps([body.get("system"), body.get("messages"), body.get("tools")],
+                            separators=(",", ":"), ensure_ascii=False).encode())
+    searches = sum(int(tool.get("max_uses") or 0) for tool in body.get("tools") or []
+                   if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"))
+    return dataclasses.replace(reply, input_tokens=0, cache_creation_input_tokens=0,
+                               cache_creation_1h_input_tokens=prompt, cache_read_input_tokens=0,
+                               output_tokens=int(body.get("max_tokens") or 0), web_search_requests=searches)
 
 
 def _block_events(index: int, block: dict[str, Any]) -> list[dict[str, Any]]:

@@ -146,10 +146,11 @@ async def test_reservation_is_worst_case_with_output_cap(tmp_path: Path) -> None
     cc = open_cc(make_config(tmp_path), clock)
     a = await admit(cc, max_tokens=100_000, input_tokens=10_000)  # output capped at 32 000
     assert a.reservation is not None
-    assert a.reservation.amount_usd == Decimal("0.17")  # 10 000 x $1 + 32 000 x $5 per million
+    # 10 000 prompt tokens at the 1-hour cache write rate (2 x $1) + 32 000 x $5, per million
+    assert a.reservation.amount_usd == Decimal("0.18")
     b = await cc.admit(target="claude", model="test-cloud", client="cc", request={}, input_tokens=0)
     assert b.reservation is not None and b.reservation.amount_usd == Decimal("0.16")  # no max_tokens: the cap
-    assert cc.snapshot().reserved_usd == Decimal("0.33")
+    assert cc.snapshot().reserved_usd == Decimal("0.34")
     await cc.settle(a.reservation, record(clock, output_tokens=1000))
     await cc.settle(b.reservation, record(clock, status="error", http_status=502))
     snap = cc.snapshot()
@@ -422,3 +423,24 @@ async def test_local_row_waits_in_the_writer_thread_while_another_process_holds_
     led = SqliteLedger.in_state_dir(tmp_path)
     assert [r.rule for r in led.rows("2026-01-15", "2026-01-15")] == ["coding"]
     led.close()
+
+
+async def test_a_cloud_call_unsettled_at_shutdown_is_recorded_at_its_reservation(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    cc = open_cc(make_config(tmp_path), clock)
+    settled = await admit(cc, max_tokens=1000)
+    unsettled = await admit(cc, max_tokens=2000, input_tokens=100)
+    assert settled.reservation is not None and unsettled.reservation is not None
+    assert not await cc.wait_settled(timeout_s=0.1)
+    await cc.settle(settled.reservation, record(clock, output_tokens=10))
+    cc.close()  # a forced shutdown: the second call never settled
+    led = SqliteLedger.in_state_dir(tmp_path)
+    try:
+        rows = led.rows("2026-01-15", "2026-01-15")
+    finally:
+        led.close()
+    assert len(rows) == 2
+    lost = rows[1]
+    assert (lost.status, lost.usage_estimated, lost.cloud) == ("aborted", True, True)
+    assert lost.cost_usd == unsettled.reservation.amount_usd == Decimal("0.0102")  # 100 x $2 + 2000 x $5 per million
+    assert lost.model == "test-cloud" and lost.target == "claude" and lost.backend == "cloud"

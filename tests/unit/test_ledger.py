@@ -190,7 +190,7 @@ def test_migration_hook_runs_new_steps_once(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(mod, "_MIGRATIONS", [*mod._MIGRATIONS, v2])
     led = SqliteLedger(path)
     assert calls == [1]
-    assert led._conn().execute("PRAGMA user_version").fetchone()[0] == 2
+    assert led._conn().execute("PRAGMA user_version").fetchone()[0] == mod.SCHEMA_VERSION + 1
     led.close()
     SqliteLedger(path).close()
     assert calls == [1]
@@ -248,4 +248,33 @@ def test_sigkill_mid_write_loses_no_committed_record(tmp_path: Path, kill_after:
     assert set(reported) <= stored
     # Nothing half-written either: every stored row is complete.
     assert all(r.cost_usd == Decimal("0.001") and r.client == "c" for r in led.rows("2026-01-15", "2026-01-15"))
+    led.close()
+
+
+def test_a_v1_ledger_gains_the_billing_mode_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aibox_router.cost import ledger as mod
+
+    path = tmp_path / "l.sqlite3"
+    with monkeypatch.context() as m:
+        m.setattr(mod, "_MIGRATIONS", mod._MIGRATIONS[:1])
+        SqliteLedger(path).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.execute("INSERT INTO requests (ts, day, client, rule, target, backend, model, protocol, stream, cloud, "
+                 "input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, "
+                 "usage_estimated, cost_usd, latency_ms, status, http_status, fallback, downgraded, task, complexity, "
+                 "error) VALUES (0, '2026-01-15', 'a', 'r', 't', 'cloud', 'm', 'anthropic', 1, 1, 10, 20, 0, 0, 0, 0, "
+                 "'0.5', 1.0, 'ok', 200, 0, 0, '', 0, '')")
+    conn.commit()
+    conn.close()
+    led = SqliteLedger(path)
+    [row] = led.rows("2026-01-15", "2026-01-15")
+    assert (row.cost_usd, row.requested_model, row.web_search_requests, row.speed, row.inference_geo) == (
+        Decimal("0.5"), "", 0, "", "")
+    led.insert(LedgerRow(ts=1, day="2026-01-15", client="a", rule="r", target="t", backend="cloud", model="m",
+                         protocol="anthropic", stream=True, cloud=True, requested_model="claude-haiku-4-5",
+                         web_search_requests=3, speed="fast", inference_geo="us"))
+    new = led.rows("2026-01-15", "2026-01-15")[1]
+    assert (new.requested_model, new.web_search_requests, new.speed, new.inference_geo) == (
+        "claude-haiku-4-5", 3, "fast", "us")
     led.close()
