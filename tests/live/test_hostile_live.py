@@ -23,9 +23,9 @@ KEY = "hostile-live-client-key-0123"
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.5
 MAX_BODY = 1_000_000
-# A call with max_tokens 2000 reserves about $0.03 at $15/M output: one fits the $0.05 budget, but
-# not beside a reservation some earlier call left behind.
-BIG_CALL_MAX_TOKENS = 2000
+# Reserves about $0.093 of the $0.10 budget (4,500 output tokens plus the input bound at the 1-hour
+# cache-write rate): admitted only while no other call's reservation (each at least ~$0.025) is stuck.
+BIG_CALL_MAX_TOKENS = 4500
 
 
 def hostile_config(anthropic_url: str, ollama_url: str) -> dict:
@@ -39,7 +39,7 @@ def hostile_config(anthropic_url: str, ollama_url: str) -> dict:
                     "local": {"backend": "ollama", "model": "qwen2.5-coder:7b"}},
         "aliases": {"claude-opus-*": "claude"},
         "default_target": "local",
-        "budgets": {"daily_budget": 0.05, "alert_threshold": 0.04, "emergency_cutoff": 1.0},
+        "budgets": {"daily_budget": 0.10, "alert_threshold": 0.08, "emergency_cutoff": 1.0},
         "prices": [{"prefix": "claude-sonnet-4", "input": 3.0, "output": 15.0}],
         "gpu": {"enabled": False},
     }
