@@ -25,7 +25,9 @@ from tests.doubles.ollama_standin.build import build as build_standin
 from tests.support import aibox_in_a_box as box
 from tests.support.testhost import TestHost
 
-pytestmark = pytest.mark.provision
+# The first test pays for the module's fixtures: booting the host (building the rootfs on a fresh
+# machine, minutes on a busy one) and the first converge (up to its own 1800 s limit).
+pytestmark = [pytest.mark.provision, pytest.mark.timeout(2700)]
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "aibox-prov"
