@@ -141,7 +141,7 @@ The aibox in a box is up: Debian 12 with systemd at {host.ip}, site.yml converge
                   export ANTHROPIC_BASE_URL=http://127.0.0.1:8088
                   export ANTHROPIC_API_KEY=test-client-key-0123456789abcdef   # the test host's client key
   verify it:      ./aibox verify
-  re-converge:    ./aibox converge [PLAYBOOK] [ansible-playbook options, e.g. --check --diff]
+  re-converge:    ./aibox converge [--playbook P] [ansible-playbook options, e.g. --check --diff]
   tear it down:   ./aibox down
 (Ollama on the test host is the test stand-in: it answers with canned text, not a real model.)""")
     return 0
