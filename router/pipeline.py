@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .accounting import Admission, RequestRecord, Reservation
-from .backends import BackendUnavailable
+from .backends import BackendCredentialsRejected, BackendUnavailable
 from .config import TargetConfig
 from .errors import BudgetExhaustedError, RouterError, UpstreamError, UpstreamStatusError
 from .features import Features, extract_features
@@ -160,7 +160,16 @@ async def _no_target_error(runtime: Runtime, plan: Plan, protocol: str, stream: 
         return BudgetExhaustedError("The aibox router will not send this request to the cloud: "
                                     + "; ".join(refusals) + ". No local model could take it. Retrying will not "
                                     "help until the budget day rolls over or an operator releases the cutoff.")
-    return UpstreamError("No backend could answer: " + "; ".join(refusals + failures))
+    rejected = sorted({runtime.config.targets[t].backend for t in plan.chain
+                       if (d := runtime.backend_health.down(runtime.config.targets[t].backend)) and d.credentials})
+    if rejected:
+        # The developer's key is fine (it never leaves the router): say whose fault this is.
+        return UpstreamError(
+            "The aibox router could not answer: its own API key for backend(s) " + ", ".join(rejected)
+            + " was rejected upstream, and no fallback target could answer. This is a router problem for its "
+            "operator, not a problem with your key or your request. Details: " + "; ".join(refusals + failures))
+    return UpstreamError("The aibox router could not answer: no backend could take this request: "
+                         + "; ".join(refusals + failures))
 
 
 async def _attempts(runtime: Runtime, plan: Plan, request: Request, protocol: str, stream: bool,
@@ -186,6 +195,9 @@ async def _pass_over(call: _Call, e: BackendUnavailable, failures: list[str]) ->
     """A target that could not answer: note why for the final error, and settle its call."""
     failures.append(f"{call.target_name}: {e.reason}")
     log.warning("target %s unavailable (%s); trying the next in the chain", call.target_name, e.reason)
+    call.runtime.backend_health.call_failed(call.target.backend, e.reason,
+                                            credentials=isinstance(e, BackendCredentialsRejected),
+                                            alerter=getattr(call.runtime.accounting, "alerts", None))
     await call.settle("error", e.status or 502, e.reason)
 
 
@@ -212,6 +224,7 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
             raise
         call.ctx.usage.update_from(message.get("usage"))
         call.first_token = call.first_token or time.perf_counter()
+        runtime.backend_health.call_succeeded(call.target.backend)
         await call.settle("ok")
         return call.outcome(plan, message=message)
     raise await _no_target_error(runtime, plan, protocol, False, refusals, failures)
@@ -246,6 +259,7 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
         except BaseException as e:
             await asyncio.shield(call.settle("error", 500, repr(e)))
             raise
+        runtime.backend_health.call_succeeded(call.target.backend)
         return call.outcome(plan, events=_relay(call, first, upstream))
     raise await _no_target_error(runtime, plan, protocol, True, refusals, failures)
 

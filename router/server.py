@@ -213,8 +213,7 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         assert runtime is not None
         names = list(runtime.backends)
         results = await asyncio.gather(*(_probe(runtime.backends[n]) for n in names))
-        backends = {n: {"reachable": ok, "detail": detail, "type": runtime.config.backends[n].type}
-                    for n, (ok, detail) in zip(names, results, strict=True)}
+        backends = {n: _readiness(runtime, n, ok, detail) for n, (ok, detail) in zip(names, results, strict=True)}
         any_ok = any(b["reachable"] for b in backends.values())
         return JSONResponse({"status": "ready" if any_ok else "unavailable", "backends": backends,
                              "config": state.config_path or "<embedded default>"},
@@ -235,6 +234,10 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         from .gpu import register_metrics
 
         register_metrics(lambda: state.runtime.gpu if state.runtime is not None else None)
+        from .backend_health import register_metrics as register_backend_metrics
+
+        register_backend_metrics(lambda: None if state.runtime is None
+                                 else (list(state.runtime.backends), state.runtime.backend_health))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(state.reload()))
@@ -259,6 +262,17 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.router = state
     return app
+
+
+def _readiness(runtime: Runtime, name: str, ok: bool, detail: str) -> dict[str, Any]:
+    """A backend's /ready entry: its probe, overruled by a call that saw its key rejected."""
+    entry: dict[str, Any] = {"reachable": ok, "detail": detail, "type": runtime.config.backends[name].type}
+    down = runtime.backend_health.down(name)
+    if down is not None:
+        entry["last_call_failed"] = down.reason
+        if down.credentials:
+            entry.update(reachable=False, detail=f"down: {down.reason}")
+    return entry
 
 
 async def _probe(backend: Any) -> tuple[bool, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 import click
@@ -20,17 +21,39 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     """Serve the Anthropic- and OpenAI-compatible API. SIGHUP reloads the config file."""
     import uvicorn
 
+    from ..config_checks import config_warnings
     from ..server import create_app
 
     config = load_or_exit(config_path)
     _check_state_dir(config.server.state_dir, config_path)
     logging.basicConfig(level=config.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("aibox_router.serve")
+    for warning in config_warnings(config):
+        log.warning("config: %s", warning)
+    host, port = host or config.server.host, port or config.server.port
+    # Bind before the app starts: a port in use must fail at once, not after "ready" was logged.
+    sock = _bind(host, port)
     app = create_app(config_path, config)
-    uvicorn.run(app, host=host or config.server.host, port=port or config.server.port,
-                log_level=config.server.log_level, access_log=False, server_header=False,
-                # Claude Code keeps connections open between turns; don't drop idle ones too eagerly.
-                timeout_keep_alive=75)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_level=config.server.log_level, access_log=False, server_header=False,
+        # Claude Code keeps connections open between turns; don't drop idle ones too eagerly.
+        timeout_keep_alive=75))
+    server.run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror} (server.host / server.port, "
+                                   "or --host / --port; is another router already running?)") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _check_state_dir(state_dir: str, config_path: str | None) -> None:
