@@ -70,6 +70,10 @@ def plan_request(runtime: Runtime, request: Request, *, client: str, protocol: s
     features = extract_features(request, body_size=body_size, client=client, protocol=protocol,
                                 aliases=cfg.aliases, override=override, gpu=gpu)
     decision = runtime.rules.decide(features)
+    if override is not None and override not in cfg.targets:
+        # Not silently: the client asked for something else than what it gets.
+        log.warning("client %s named unknown target %r in %s; ignored (known: %s); routed to %s by %s",
+                    client, override, cfg.override_header, ", ".join(cfg.targets), decision.target, decision.rule)
     chain = [decision.target] + [t for t in cfg.targets[decision.target].fallback if t != decision.target]
     return Plan(features, decision, chain)
 
@@ -151,15 +155,21 @@ async def _admit(runtime: Runtime, call: _Call, plan: Plan, request: Request) ->
 
 
 async def _no_target_error(runtime: Runtime, plan: Plan, protocol: str, stream: bool,
-                           refusals: list[str], failures: list[str]) -> RouterError:
+                           refusals: list[str], failures: list[str], kinds: set[str]) -> RouterError:
     if refusals and not failures:
         # Nothing was sent anywhere: still record the refusal, so reports show what the budget blocked.
         refused = _Call(runtime, plan, plan.chain[0], 0, False, protocol, stream)
         runtime.accounting.rule_started(plan.decision.rule)
         await refused.settle("refused", 400, "; ".join(refusals))
+        if "cutoff" in kinds:
+            until = "until the budget day rolls over or an operator releases the emergency cutoff"
+        elif kinds == {"client_budget"}:
+            until = "until the budget day rolls over or an operator raises your client budget"
+        else:
+            until = "until the budget day rolls over or an operator raises the daily budget"
         return BudgetExhaustedError("The aibox router will not send this request to the cloud: "
-                                    + "; ".join(refusals) + ". No local model could take it. Retrying will not "
-                                    "help until the budget day rolls over or an operator releases the cutoff.")
+                                    + "; ".join(refusals) + f". No local model could take it. Retrying will not "
+                                    f"help {until}.")
     rejected = sorted({runtime.config.targets[t].backend for t in plan.chain
                        if (d := runtime.backend_health.down(runtime.config.targets[t].backend)) and d.credentials})
     if rejected:
@@ -173,8 +183,10 @@ async def _no_target_error(runtime: Runtime, plan: Plan, protocol: str, stream: 
 
 
 async def _attempts(runtime: Runtime, plan: Plan, request: Request, protocol: str, stream: bool,
-                    refusals: list[str], forward_headers: dict[str, str] | None) -> AsyncIterator[_Call]:
-    """Yield a call for each target in the chain the budget allows; note refusals in *refusals*."""
+                    refusals: list[str], forward_headers: dict[str, str] | None,
+                    kinds: set[str]) -> AsyncIterator[_Call]:
+    """Yield a call for each target in the chain the budget allows; note refusals in *refusals* and
+    their kinds (cutoff, budget, client_budget) in *kinds*."""
     downgraded = False
     for index, target_name in enumerate(plan.chain):
         call = _Call(runtime, plan, target_name, index, downgraded, protocol, stream)
@@ -182,6 +194,7 @@ async def _attempts(runtime: Runtime, plan: Plan, request: Request, protocol: st
             admission = await _admit(runtime, call, plan, request)
             if not admission.allowed:
                 refusals.append(f"{target_name}: {admission.reason}")
+                kinds.add(admission.refusal or "budget")
                 downgraded = True
                 continue
             call.reservation = admission.reservation
@@ -209,7 +222,8 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
                                 body_size=body_size or len(str(request)), override=override)
     failures: list[str] = []
     refusals: list[str] = []
-    async for call in _attempts(runtime, plan, request, protocol, False, refusals, forward_headers):
+    kinds: set[str] = set()
+    async for call in _attempts(runtime, plan, request, protocol, False, refusals, forward_headers, kinds):
         try:
             message = await call.backend.complete(_prepare(request, call.target), call.target, call.ctx)
         except BackendUnavailable as e:
@@ -226,8 +240,8 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
         call.first_token = call.first_token or time.perf_counter()
         runtime.backend_health.call_succeeded(call.target.backend)
         await call.settle("ok")
-        return call.outcome(plan, message=message)
-    raise await _no_target_error(runtime, plan, protocol, False, refusals, failures)
+        return _noted(call.outcome(plan, message=message), refusals, failures)
+    raise await _no_target_error(runtime, plan, protocol, False, refusals, failures, kinds)
 
 
 async def open_stream(runtime: Runtime, request: Request, *, client: str, protocol: str,
@@ -242,7 +256,8 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
                                 body_size=body_size or len(str(request)), override=override)
     failures: list[str] = []
     refusals: list[str] = []
-    async for call in _attempts(runtime, plan, request, protocol, True, refusals, forward_headers):
+    kinds: set[str] = set()
+    async for call in _attempts(runtime, plan, request, protocol, True, refusals, forward_headers, kinds):
         upstream = call.backend.stream(_prepare(request, call.target), call.target, call.ctx)
         try:
             first = await upstream.__anext__()
@@ -260,8 +275,15 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
             await asyncio.shield(call.settle("error", 500, repr(e)))
             raise
         runtime.backend_health.call_succeeded(call.target.backend)
-        return call.outcome(plan, events=_relay(call, first, upstream))
-    raise await _no_target_error(runtime, plan, protocol, True, refusals, failures)
+        return _noted(call.outcome(plan, events=_relay(call, first, upstream)), refusals, failures)
+    raise await _no_target_error(runtime, plan, protocol, True, refusals, failures, kinds)
+
+
+def _noted(outcome: Outcome, refusals: list[str], failures: list[str]) -> Outcome:
+    """Why the answer came from where it did (a downgrade's refusal, a fallback's failure), for the log."""
+    outcome.notes.extend(f"refused {r}" for r in refusals)
+    outcome.notes.extend(f"failed {f}" for f in failures)
+    return outcome
 
 
 async def _relay(call: _Call, first: StreamEvent, upstream: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:

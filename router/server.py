@@ -167,10 +167,11 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
                 else:
                     outcome = await pipeline.complete(runtime, internal, **kwargs)
             except RouterError as err:
-                _log_request(request, protocol, client, "-", err.status, started)
+                _log_request(request, protocol, client, "-", err.status, started, err.message)
                 return _error_response(err, render)
             headers = outcome.headers()
-            _log_request(request, protocol, client, outcome.target, 200, started)
+            _log_request(request, protocol, client, outcome.target, 200, started, "; ".join(outcome.notes),
+                         outcome.decision.rule)
             if outcome.events is None:
                 assert outcome.message is not None
                 if protocol == "anthropic":
@@ -348,7 +349,9 @@ async def _close(events: AsyncIterator[Any]) -> None:
 
 
 def _log_request(request: HTTPRequest, protocol: str, client: str, target: str, status: int,
-                 started: float) -> None:
+                 started: float, reason: str = "", rule: str = "-") -> None:
+    """One line per request; *reason* says why it was refused, failed, downgraded or fell back."""
     if log.isEnabledFor(logging.INFO):
-        log.info("%s %s %s client=%s target=%s status=%d %.1fms", request.method, request.url.path, protocol,
-                 client, target, status, (time.perf_counter() - started) * 1000)
+        log.info("%s %s %s client=%s rule=%s target=%s status=%d %.1fms%s", request.method, request.url.path,
+                 protocol, client, rule, target, status, (time.perf_counter() - started) * 1000,
+                 f" reason={reason[:500]!r}" if reason else "")
