@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -252,13 +253,16 @@ async def test_connection_refused_is_unavailable():
 
 
 async def test_read_timeout_is_unavailable(fake):
-    fake.delay_s = 1.0
+    fake.delay_s = 0.6
     backend = make_backend(fake.url, read_timeout_s=0.2)
     try:
         with pytest.raises(BackendUnavailable, match="timeout"):
             await collect(backend, request(), CallContext())
     finally:
         await backend.aclose()
+    # The fake still answers the abandoned request after its delay; let it do so now, or it would
+    # take a reply scripted by a later test.
+    await asyncio.sleep(0.6)
 
 
 # -- count_tokens, health, models -------------------------------------------------------------------
