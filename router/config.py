@@ -252,7 +252,9 @@ def parse_config(data: Any, source: str = "<config>", env: dict[str, str] | None
     try:
         cfg = msgspec.convert(data, RouterConfig, strict=False)
     except msgspec.ValidationError as e:
-        raise ConfigError(f"{source}: {_locate(data, str(e))}") from None
+        from .config_checks import explain_schema_error
+
+        raise ConfigError(f"{source}: {explain_schema_error(RouterConfig, _locate(data, str(e)))}") from None
     cfg = msgspec.structs.replace(cfg, prices=merge_prices(embedded_prices(), cfg.prices or []))
     problems = _cross_check(cfg)
     if problems:
@@ -292,10 +294,15 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config file: {e.strerror}") from None
+    from .config_checks import load_yaml_strict
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml_strict(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if data is None:
+        raise ConfigError(f"{p}: the file is empty (or only comments); expected the router config mapping "
+                          "(see router/defaults/config.yml)")
     return parse_config(data, str(p), env)
 
 
@@ -323,9 +330,10 @@ def _server_problems(server: ServerConfig) -> list[str]:
 def _cross_check(cfg: RouterConfig) -> list[str]:
     """Checks that span several keys: references between sections, thresholds, expressions."""
     from . import rules as rules_mod  # local import: rules imports config types
+    from .config_checks import value_problems
     from .pricing import find_price
 
-    problems: list[str] = []
+    problems: list[str] = value_problems(cfg)
     for name, target in cfg.targets.items():
         if target.backend not in cfg.backends:
             problems.append(f"targets.{name}.backend: unknown backend {target.backend!r}; "

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from .accounting import Admission, RequestRecord, Reservation
-from .backends import BackendUnavailable
+from .backends import BackendCredentialsRejected, BackendUnavailable
 from .config import TargetConfig
 from .cost.bounds import limit_request, needs_exact_count, prompt_token_bound
 from .errors import BudgetExhaustedError, RouterError, UpstreamError, UpstreamStatusError
@@ -104,6 +104,10 @@ def plan_request(runtime: Runtime, request: Request, *, client: str, protocol: s
     features = extract_features(request, body_size=body_size, client=client, protocol=protocol,
                                 aliases=cfg.aliases, override=override, gpu=gpu)
     decision = runtime.rules.decide(features)
+    if override is not None and override not in cfg.targets:
+        # Not silently: the client asked for something else than what it gets.
+        log.warning("client %s named unknown target %r in %s; ignored (known: %s); routed to %s by %s",
+                    client, override, cfg.override_header, ", ".join(cfg.targets), decision.target, decision.rule)
     allowed = cfg.client_targets(client)
     chain = [decision.target] + [t for t in cfg.targets[decision.target].fallback
                                  if t != decision.target and (allowed is None or t in allowed)]
@@ -251,23 +255,41 @@ async def _admit(runtime: Runtime, call: _Call, plan: Plan) -> Admission:
 
 
 async def _no_target_error(runtime: Runtime, plan: Plan, protocol: str, stream: bool,
-                           refusals: list[str], failures: list[str]) -> RouterError:
+                           refusals: list[str], failures: list[str], kinds: set[str]) -> RouterError:
     if refusals and not failures:
         # Nothing was sent anywhere: still record the refusal, so reports show what the budget blocked.
         refused = _Call(runtime, plan, plan.chain[0], 0, False, protocol, stream)
         runtime.accounting.rule_started(plan.decision.rule)
         await refused.settle("refused", 400, "; ".join(refusals))
-        budget = any(("budget" in r or "cutoff" in r) for r in refusals)
+        if "cutoff" in kinds:
+            until = "until the budget day rolls over or an operator releases the emergency cutoff"
+        elif kinds == {"client_budget"}:
+            until = "until the budget day rolls over or an operator raises your client budget"
+        elif kinds & {"budget", "client_budget"}:
+            until = "until the budget day rolls over or an operator raises the daily budget"
+        else:  # e.g. a request whose cost cannot be bounded: the same request is refused again
+            until = None
         return BudgetExhaustedError("The aibox router will not send this request to the cloud: "
                                     + "; ".join(refusals) + ". No local model could take it. "
-                                    + ("Retrying will not help until the budget day rolls over or an operator "
-                                       "releases the cutoff." if budget else "Retrying the same request will not help."))
-    return UpstreamError("No backend could answer: " + "; ".join(refusals + failures))
+                                    + (f"Retrying will not help {until}." if until
+                                       else "Retrying the same request will not help."))
+    rejected = sorted({runtime.config.targets[t].backend for t in plan.chain
+                       if (d := runtime.backend_health.down(runtime.config.targets[t].backend)) and d.credentials})
+    if rejected:
+        # The developer's key is fine (it never leaves the router): say whose fault this is.
+        return UpstreamError(
+            "The aibox router could not answer: its own API key for backend(s) " + ", ".join(rejected)
+            + " was rejected upstream, and no fallback target could answer. This is a router problem for its "
+            "operator, not a problem with your key or your request. Details: " + "; ".join(refusals + failures))
+    return UpstreamError("The aibox router could not answer: no backend could take this request: "
+                         + "; ".join(refusals + failures))
 
 
 async def _attempts(runtime: Runtime, plan: Plan, request: Request, protocol: str, stream: bool,
-                    refusals: list[str], forward_headers: dict[str, str] | None) -> AsyncIterator[_Call]:
-    """Yield a call for each target in the chain the budget allows; note refusals in *refusals*."""
+                    refusals: list[str], forward_headers: dict[str, str] | None,
+                    kinds: set[str]) -> AsyncIterator[_Call]:
+    """Yield a call for each target in the chain the budget allows; note refusals in *refusals* and
+    their kinds (cutoff, budget, client_budget) in *kinds*."""
     downgraded = False
     for index, target_name in enumerate(plan.chain):
         call = _Call(runtime, plan, target_name, index, downgraded, protocol, stream)
@@ -284,6 +306,7 @@ async def _attempts(runtime: Runtime, plan: Plan, request: Request, protocol: st
             admission = await _admit(runtime, call, plan)
             if not admission.allowed:
                 refusals.append(f"{target_name}: {admission.reason}")
+                kinds.add(admission.refusal or "budget")
                 downgraded = True
                 continue
             call.reservation = admission.reservation
@@ -296,6 +319,9 @@ async def _pass_over(call: _Call, e: BackendUnavailable, failures: list[str]) ->
     """A target that could not answer: note why for the final error, and settle its call."""
     failures.append(f"{call.target_name}: {e.reason}")
     log.warning("target %s unavailable (%s); trying the next in the chain", call.target_name, e.reason)
+    call.runtime.backend_health.call_failed(call.target.backend, e.reason,
+                                            credentials=isinstance(e, BackendCredentialsRejected),
+                                            alerter=getattr(call.runtime.accounting, "alerts", None))
     await call.settle("error", e.status or 502, e.reason)
 
 
@@ -307,7 +333,8 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
                                 body_size=body_size or len(str(request)), override=override)
     failures: list[str] = []
     refusals: list[str] = []
-    async for call in _attempts(runtime, plan, request, protocol, False, refusals, forward_headers):
+    kinds: set[str] = set()
+    async for call in _attempts(runtime, plan, request, protocol, False, refusals, forward_headers, kinds):
         try:
             message = await call.backend.complete(call.body, call.target, call.ctx)
         except BackendUnavailable as e:
@@ -323,9 +350,10 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
         call.ctx.usage.update_from(message.get("usage"))
         call.final_usage_seen = True
         call.first_token = call.first_token or time.perf_counter()
+        runtime.backend_health.call_succeeded(call.target.backend)
         await call.settle("ok")
-        return call.outcome(plan, message=message)
-    raise await _no_target_error(runtime, plan, protocol, False, refusals, failures)
+        return _noted(call.outcome(plan, message=message), refusals, failures)
+    raise await _no_target_error(runtime, plan, protocol, False, refusals, failures, kinds)
 
 
 async def open_stream(runtime: Runtime, request: Request, *, client: str, protocol: str,
@@ -340,7 +368,8 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
                                 body_size=body_size or len(str(request)), override=override)
     failures: list[str] = []
     refusals: list[str] = []
-    async for call in _attempts(runtime, plan, request, protocol, True, refusals, forward_headers):
+    kinds: set[str] = set()
+    async for call in _attempts(runtime, plan, request, protocol, True, refusals, forward_headers, kinds):
         upstream = call.backend.stream(call.body, call.target, call.ctx)
         try:
             first = await upstream.__anext__()
@@ -357,8 +386,16 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
         except BaseException as e:
             await asyncio.shield(call.settle("error", 500, repr(e)))
             raise
-        return call.outcome(plan, events=_relay(call, first, upstream), upstream=upstream)
-    raise await _no_target_error(runtime, plan, protocol, True, refusals, failures)
+        runtime.backend_health.call_succeeded(call.target.backend)
+        return _noted(call.outcome(plan, events=_relay(call, first, upstream), upstream=upstream), refusals, failures)
+    raise await _no_target_error(runtime, plan, protocol, True, refusals, failures, kinds)
+
+
+def _noted(outcome: Outcome, refusals: list[str], failures: list[str]) -> Outcome:
+    """Why the answer came from where it did (a downgrade's refusal, a fallback's failure), for the log."""
+    outcome.notes.extend(f"refused {r}" for r in refusals)
+    outcome.notes.extend(f"failed {f}" for f in failures)
+    return outcome
 
 
 async def _relay(call: _Call, first: StreamEvent, upstream: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from .backend_health import BackendHealth
 from .backends import Backend, create_backend
 from .config import RouterConfig
 from .rules import RuleEngine
@@ -24,11 +25,13 @@ log = logging.getLogger("aibox_router.runtime")
 
 class Runtime:
     def __init__(self, config: RouterConfig, backends: dict[str, Backend], accounting: CostControl,
-                 gpu: GpuMonitor | None):
+                 gpu: GpuMonitor | None, backend_health: BackendHealth | None = None):
         self.config = config
         self.backends = backends
         self.accounting = accounting
         self.gpu = gpu
+        # Outlives reloads: a backend that rejects the router's key stays down (and alerted) once.
+        self.backend_health = backend_health if backend_health is not None else BackendHealth()
         self.rules = RuleEngine(config, accounting.rule_count_today)
         self._in_flight = 0
         self._retired = False
@@ -43,7 +46,7 @@ class Runtime:
         """A Runtime for a reloaded config that shares this one's ledger and GPU monitor."""
         self.accounting.reload(config)
         gpu = self.gpu if self.gpu is not None and config.gpu == self.config.gpu else _make_gpu(config)
-        return Runtime(config, _make_backends(config), self.accounting, gpu)
+        return Runtime(config, _make_backends(config), self.accounting, gpu, self.backend_health)
 
     # In-flight tracking: a retired runtime closes its backends after its last request.
     def acquire(self) -> None:

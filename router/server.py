@@ -111,7 +111,7 @@ class RouterApp:
         self.keys = ClientKeys(config)
         self.probes = ProbeAccess(config)
         self._reload_lock = asyncio.Lock()
-        self._ready: tuple[float, Runtime, dict[str, Any], int] | None = None
+        self._ready: tuple[float, Runtime, dict[str, bool]] | None = None
         self._ready_lock = asyncio.Lock()
 
     @property
@@ -122,7 +122,8 @@ class RouterApp:
         """Each backend's reachability, probed at most once per ``server.ready_cache_s``.
 
         The answer names backends and says reachable or not, nothing more: the probe's detail
-        (addresses, exception text) goes to the log, where only the operator reads it.
+        (addresses, exception text) goes to the log, where only the operator reads it. A backend
+        whose upstream rejected the router's own key on a real call is down whatever its probe says.
         """
         runtime = self.runtime
         assert runtime is not None
@@ -130,18 +131,25 @@ class RouterApp:
             cached = self._ready
             if cached is not None and cached[1] is runtime and \
                     time.monotonic() - cached[0] < runtime.config.server.ready_cache_s:
-                return cached[2], cached[3]
-            names = list(runtime.backends)
-            results = await asyncio.gather(*(_probe(runtime.backends[n]) for n in names))
-            for name, (ok, detail) in zip(names, results, strict=True):
-                if not ok:
-                    log.warning("readiness: backend %s is unreachable: %s", name, detail)
-            backends = {n: {"reachable": ok} for n, (ok, _) in zip(names, results, strict=True)}
-            any_ok = any(ok for ok, _ in results)
-            answer = {"status": "ready" if any_ok else "unavailable", "backends": backends}
-            status = 200 if any_ok else 503
-            self._ready = (time.monotonic(), runtime, answer, status)
-            return answer, status
+                probed = cached[2]
+            else:
+                names = list(runtime.backends)
+                results = await asyncio.gather(*(_probe(runtime.backends[n]) for n in names))
+                for name, (ok, detail) in zip(names, results, strict=True):
+                    if not ok:
+                        log.warning("readiness: backend %s is unreachable: %s", name, detail)
+                probed = {n: ok for n, (ok, _) in zip(names, results, strict=True)}
+                self._ready = (time.monotonic(), runtime, probed)
+        backends = {}
+        for name, ok in probed.items():
+            down = runtime.backend_health.down(name)
+            if ok and down is not None and down.credentials:
+                log.warning("readiness: backend %s is down: %s", name, down.reason)
+                ok = False
+            backends[name] = {"reachable": ok}
+        any_ok = any(b["reachable"] for b in backends.values())
+        answer = {"status": "ready" if any_ok else "unavailable", "backends": backends}
+        return answer, 200 if any_ok else 503
 
     async def start(self) -> None:
         self.runtime = Runtime.open(self._initial)
@@ -311,7 +319,8 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
                         content = msgspec.json.encode(openai_api.message_to_response(outcome.message,
                                                                                      requested_model))
                     response = Response(content, media_type="application/json", headers=headers)
-                    _log_request(request, protocol, client, outcome.target, 200, started)
+                    _log_request(request, protocol, client, outcome.target, 200, started,
+                                 reason="; ".join(outcome.notes), rule=outcome.decision.rule)
                     return response
                 encoder = (_anthropic_sse(outcome.events) if protocol == "anthropic"
                            else _openai_sse(outcome.events, requested_model, include_usage))
@@ -320,7 +329,7 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
                 async def stream_ended() -> None:
                     status, http_status = streamed.result
                     _log_request(request, protocol, client, streamed.target, http_status, started,
-                                 outcome=status)
+                                 outcome=status, reason="; ".join(streamed.notes), rule=streamed.decision.rule)
                     await runtime.release()
 
                 runtime.acquire()  # the stream outlives this handler; keep its runtime alive until it ends
@@ -331,7 +340,8 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
                     raise
             except RouterError as err:
                 await _give_up(outcome, err.message)
-                _log_request(request, protocol, client, outcome.target if outcome else "-", err.status, started)
+                _log_request(request, protocol, client, outcome.target if outcome else "-", err.status, started,
+                             reason=err.message)
                 return _error_response(err, render)
             except ClientDisconnect:
                 await _give_up(outcome, "the client went away")
@@ -427,6 +437,10 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         from .gpu import register_metrics
 
         register_metrics(lambda: state.runtime.gpu if state.runtime is not None else None)
+        from .backend_health import register_metrics as register_backend_metrics
+
+        register_backend_metrics(lambda: None if state.runtime is None
+                                 else (list(state.runtime.backends), state.runtime.backend_health))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(state.reload()))
@@ -530,11 +544,13 @@ async def _close(events: AsyncIterator[Any]) -> None:
 
 
 def _log_request(request: HTTPRequest, protocol: str, client: str, target: str, status: int,
-                 started: float, outcome: str | None = None) -> None:
+                 started: float, outcome: str | None = None, reason: str = "", rule: str = "-") -> None:
     """One line per request with its real result; a stream's line is written when the stream ends,
     with the status the ledger records (502 for an upstream failure mid-stream, 499 for a client
-    that left), not the 200 its head carried."""
+    that left), not the 200 its head carried. *reason* says why it was refused, failed, downgraded
+    or fell back."""
     if log.isEnabledFor(logging.INFO):
-        log.info("%s %s %s id=%s client=%s target=%s status=%d%s %.1fms", request.method, request.url.path,
-                 protocol, _request_id(request), client, target, status,
-                 f" stream={outcome}" if outcome is not None else "", (time.perf_counter() - started) * 1000)
+        log.info("%s %s %s id=%s client=%s rule=%s target=%s status=%d%s %.1fms%s", request.method,
+                 request.url.path, protocol, _request_id(request), client, rule, target, status,
+                 f" stream={outcome}" if outcome is not None else "", (time.perf_counter() - started) * 1000,
+                 f" reason={reason[:500]!r}" if reason else "")

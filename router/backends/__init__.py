@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import BackendConfig
-from .base import Backend, BackendUnavailable
+from .base import Backend, BackendCredentialsRejected, BackendUnavailable
 
 
 def create_backend(name: str, config: BackendConfig) -> Backend:
@@ -23,4 +23,4 @@ def create_backend(name: str, config: BackendConfig) -> Backend:
     raise ValueError(f"unknown backend type {config.type!r}")
 
 
-__all__ = ["Backend", "BackendUnavailable", "create_backend"]
+__all__ = ["Backend", "BackendCredentialsRejected", "BackendUnavailable", "create_backend"]

@@ -24,6 +24,7 @@ from .base import (
     BackendUnavailable,
     Response,
     connection_failure,
+    credentials_rejected,
     raise_for_stream_status,
     raise_for_upstream,
 )
@@ -144,6 +145,8 @@ class AnthropicBackend(Backend):
     def _early_error(self, event: StreamEvent) -> Exception:
         """An error event before anything reached the client: overload falls back, the rest is the client's."""
         error: UpstreamStatusError = error_from_event(event)
+        if error.anthropic_type in ("authentication_error", "permission_error"):
+            return credentials_rejected(self.name, error.status)
         if error.anthropic_type in _RETRYABLE_ERROR_TYPES or error.status >= 500:
             return BackendUnavailable(self.name, f"stream error {error.anthropic_type}: {error.message}",
                                       error.status)
@@ -171,10 +174,11 @@ class AnthropicBackend(Backend):
         status = response.status
         if status >= 500:
             return False, f"HTTP {status}"
+        # Reachable is not enough: without an accepted key every call fails, so the backend is down.
         if not self.api_key():
-            return True, f"reachable, but no API key: environment variable {self.config.api_key_env} is not set"
-        if status == 401:
-            return True, "reachable, but the API key was rejected (HTTP 401)"
+            return False, f"no API key: environment variable {self.config.api_key_env} is not set"
+        if status in (401, 403):
+            return False, f"the router's API key was rejected (HTTP {status}); fix {self.config.api_key_env}"
         if status >= 400:
             return True, f"reachable (HTTP {status})"
         return True, "reachable"

@@ -50,6 +50,14 @@ class BackendUnavailable(Exception):
         self.status = status
 
 
+class BackendCredentialsRejected(BackendUnavailable):
+    """The upstream answered 401/403: it refused the *router's* credentials (its ``api_key_env``).
+
+    Client keys never travel upstream, so this is never the client's fault: the backend is down
+    until an operator fixes the key, the pipeline falls back, and the operator is alerted.
+    """
+
+
 class Backend(ABC):
     """One upstream server. ``complete`` and ``stream`` take the internal request with ``model``
     already set to the target's model, and speak the internal shape (see internal.py)."""
@@ -148,7 +156,8 @@ class Backend(ABC):
 
 
 def raise_for_upstream(backend: str, response: Response, body: bytes) -> None:
-    """5xx -> BackendUnavailable (fall back); 4xx -> UpstreamStatusError (the client's problem).
+    """5xx -> BackendUnavailable (fall back); 401/403 -> BackendCredentialsRejected (the router's key:
+    fall back and alert); other 4xx -> UpstreamStatusError (the client's problem).
 
     *body* is the answer's body (for a streamed answer see ``raise_for_stream_status``).
     """
@@ -156,6 +165,8 @@ def raise_for_upstream(backend: str, response: Response, body: bytes) -> None:
         return
     if response.status >= 500:
         raise BackendUnavailable(backend, f"HTTP {response.status}", response.status)
+    if response.status in (401, 403):
+        raise credentials_rejected(backend, response.status)
     text = body.decode("utf-8", "replace")[:2000]
     headers = {k.lower(): v for k, v in response.headers.items() if k.lower() in ("retry-after", "x-should-retry")}
     raise UpstreamStatusError(response.status, f"backend {backend!r} answered HTTP "
@@ -166,6 +177,13 @@ async def raise_for_stream_status(backend: str, response: Response) -> None:
     """raise_for_upstream for a streamed answer: its body is read only when the status says it failed."""
     if response.status >= 400:
         raise_for_upstream(backend, response, await response.read())
+
+
+def credentials_rejected(backend: str, status: int) -> BackendCredentialsRejected:
+    # The upstream's body is not quoted: it may echo part of the key.
+    return BackendCredentialsRejected(
+        backend, f"HTTP {status}: the upstream rejected the router's own API key for backend {backend!r} "
+                 "(revoked or wrong; see its api_key_env)", status)
 
 
 def stream_failure(backend: str, exc: Exception, started: bool) -> Exception:

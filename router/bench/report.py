@@ -97,12 +97,29 @@ def recommend(summary: dict[str, dict[str, Any]]) -> list[Recommendation]:
     return recs
 
 
-def rules_yaml(recs: Sequence[Recommendation]) -> str:
-    """Config lines routing each task type to its recommended target (types sharing a target merged)."""
+def no_local_pass(rec: Recommendation) -> bool:
+    """Even the best local target failed every checked run of this task type."""
+    return rec.pass_rate == 0
+
+
+def rules_yaml(recs: Sequence[Recommendation], cloud_target: str | None = None) -> str:
+    """Config lines routing each task type to its recommended target (types sharing a target merged).
+
+    A task type no local target passed goes to *cloud_target*, the verdict the table states; with no
+    cloud target it gets no rule, only a comment, so the YAML never routes it to a target that failed it.
+    """
     by_target: dict[str, list[str]] = {}
+    skipped: list[str] = []
     for r in recs:
-        by_target.setdefault(r.target, []).append(r.task_type)
-    lines = ["rules:"]
+        if no_local_pass(r):
+            if cloud_target is None:
+                skipped.append(r.task_type)
+                continue
+            by_target.setdefault(cloud_target, []).append(r.task_type)
+        else:
+            by_target.setdefault(r.target, []).append(r.task_type)
+    lines = ["rules:"] if by_target else ["# no rules: no local target passed any task type"]
+    lines += [f"  # {t}: no local target passed; no rule (default routing applies)" for t in skipped]
     for target, types in by_target.items():
         when = f'task == "{types[0]}"' if len(types) == 1 else \
             "task in (" + ", ".join(f'"{t}"' for t in types) + ")"

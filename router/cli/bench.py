@@ -90,6 +90,7 @@ def bench(config_path: str | None, task_dirs: tuple[str, ...], no_builtin: bool,
         click.echo(f"chart written to {chart}")
     if recommend:
         recs = report.recommend(doc["summary"])
+        cloud_target = next((t for t in config.targets if config.target_is_cloud(t)), None)
         if not recs:
             click.echo("\nno recommendation: no target answered any task")
             return
@@ -97,7 +98,11 @@ def bench(config_path: str | None, task_dirs: tuple[str, ...], no_builtin: bool,
         for r in recs:
             rate = "-" if r.pass_rate is None else f"{r.pass_rate:.0%}"
             tps = "-" if r.tokens_per_s_median is None else f"{r.tokens_per_s_median:.1f} tok/s"
-            note = "  (no local target passed: consider leaving this task to the cloud)" if r.pass_rate == 0 else ""
-            click.echo(f"  {r.task_type:<16} -> {r.target}  (pass {rate}, {tps}){note}")
+            if report.no_local_pass(r):
+                verdict = f"{cloud_target} (cloud)" if cloud_target else "no rule"
+                click.echo(f"  {r.task_type:<16} -> {verdict}  (no local target passed; best was {r.target} "
+                           f"with pass {rate}: leave this task to the cloud)")
+            else:
+                click.echo(f"  {r.task_type:<16} -> {r.target}  (pass {rate}, {tps})")
         click.echo("\nconfig lines (place them in `rules:` above rules that would catch these tasks):")
-        click.echo(report.rules_yaml(recs))
+        click.echo(report.rules_yaml(recs, cloud_target))

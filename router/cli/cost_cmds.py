@@ -12,7 +12,7 @@ import getpass
 import json
 import sqlite3
 import time
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from ..config import RouterConfig
 from ..cost.alerts import Alerter, threshold_alert
 from ..cost.budget import BudgetLimits, day_of, due_alerts
 from ..cost.ledger import LEDGER_FILENAME, CutoffState, LedgerSchemaError, SqliteLedger
+from ..pricing import usd
 from . import config_option
 from .common import load_or_exit
 
@@ -55,31 +56,78 @@ def _usd(d: Decimal) -> str:
     return f"${d:.2f}"
 
 
+def _load_with_ledger(config_path: str | None) -> RouterConfig:
+    """The config, refusing to guess: without -c (or $AIBOX_ROUTER_CONFIG) on a machine with no ledger
+    at the embedded default's state dir, figures would be a made-up $0.00 and writes would start a
+    new ledger nobody reads."""
+    cfg = load_or_exit(config_path)
+    if config_path is None and not _ledger_path(cfg).exists():
+        raise click.ClickException(
+            f"no config given (-c FILE or $AIBOX_ROUTER_CONFIG) and no ledger at {_ledger_path(cfg)}, where the "
+            "embedded default config keeps it; pass the router's config, e.g. -c /etc/aibox-router/config.yml")
+    return cfg
+
+
+def _resolve_day(cfg: RouterConfig, value: str | None) -> str:
+    """--date: YYYY-MM-DD, or ``today`` / ``yesterday`` in the budget's time zone (default: today)."""
+    today = _today(cfg)
+    if value in (None, "today"):
+        return today
+    if value == "yesterday":
+        return (date.fromisoformat(today) - timedelta(days=1)).isoformat()
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise click.BadParameter(f"expected YYYY-MM-DD, today or yesterday, found {value!r}",
+                                 param_hint="--date") from None
+
+
+def _check_chart_path(chart: str) -> None:
+    """Before any work is done: the format from the suffix, and a directory that exists."""
+    p = Path(chart)
+    if p.suffix.lower() not in (".png", ".html", ".htm"):
+        raise click.BadParameter(f"{chart}: the chart file must end in .png or .html", param_hint="--chart")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise click.BadParameter(f"{chart}: directory {parent} does not exist", param_hint="--chart")
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
 @click.command()
 @config_option
-@click.option("--date", "date_", metavar="YYYY-MM-DD", help="Last day of the report (default: today).")
+@click.option("--date", "date_", metavar="YYYY-MM-DD|today|yesterday",
+              help="Last day of the report, in the budget's time zone (default: today, which is not over yet; "
+                   "the daily cron job reports yesterday).")
 @click.option("--days", type=click.IntRange(1, 3660), default=1, show_default=True,
               help="How many days, ending at --date.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--chart", type=click.Path(dir_okay=False), default=None,
-              help="Also draw daily spend vs budget and the local share to this .png or .html file.")
+              help="Also draw the report (spend vs budget, local share, the goals) to this .png or .html file.")
 @click.option("--reference-model", default=None,
               help="Cloud model that prices local traffic for the savings figure (default: first cloud "
-                   "target's model).")
+                   "target's model); it must have an entry in prices.")
+@click.option("--send", is_flag=True,
+              help="Deliver the report through the config's alert channels (alerts.email / alerts.webhook) "
+                   "instead of printing it; exits 1 when no channel is configured or delivery failed.")
 def report(config_path: str | None, date_: str | None, days: int, as_json: bool, chart: str | None,
-           reference_model: str | None) -> None:
+           reference_model: str | None, send: bool) -> None:
     """Spend, local share, savings, latency and availability from the ledger."""
     from ..cost.report import build_report, day_range, format_report, report_to_json
+    from ..pricing import find_price
 
-    cfg = load_or_exit(config_path)
-    last = date_ or _today(cfg)
-    try:
-        date.fromisoformat(last)
-    except ValueError:
-        raise click.BadParameter(f"expected YYYY-MM-DD, found {last!r}", param_hint="--date") from None
+    cfg = _load_with_ledger(config_path)
+    if chart:
+        _check_chart_path(chart)
+    if reference_model is not None and find_price(cfg.prices, reference_model) is None:
+        raise click.BadParameter(f"{reference_model!r} has no entry in the config's prices, so local traffic "
+                                 "could not be priced (savings would read $0.00); pick a priced model",
+                                 param_hint="--reference-model")
+    if send and not Alerter(cfg.alerts).configured:
+        raise click.ClickException("--send: the config has no alert channel (alerts.email / alerts.webhook) "
+                                   "to send the report to")
+    last = _resolve_day(cfg, date_)
     first, last = day_range(last, days)
     led = _open(cfg, create=False)
     if led is None:
@@ -93,10 +141,11 @@ def report(config_path: str | None, date_: str | None, days: int, as_json: bool,
         finally:
             led.close()
     rep = build_report(rows, cfg, first_day=first, last_day=last, reference_model=reference_model)
-    if as_json:
-        click.echo(json.dumps(report_to_json(rep), indent=2))
+    text = json.dumps(report_to_json(rep), indent=2) if as_json else format_report(rep)
+    if send:
+        _send_report(cfg, first, last, text)
     else:
-        click.echo(format_report(rep))
+        click.echo(text)
     if chart:
         from ..cost.chart import write_chart
 
@@ -105,6 +154,21 @@ def report(config_path: str | None, date_: str | None, days: int, as_json: bool,
         except (ValueError, OSError) as e:
             raise click.ClickException(str(e)) from None
         click.echo(f"chart written to {path}", err=True)
+
+
+def _send_report(cfg: RouterConfig, first: str, last: str, text: str) -> None:
+    from ..cost.alerts import Alert
+
+    span = first if first == last else f"{first} .. {last}"
+    alert = Alert(kind="report", title=f"aibox-router report {span}", message=text, day=last,
+                  spend_usd=Decimal(0), budget_usd=usd(cfg.budgets.daily_budget))
+    alerter = Alerter(cfg.alerts)
+
+    async def deliver() -> bool:
+        return await alerter.send_and_wait(alert)
+
+    if not asyncio.run(deliver()):
+        raise click.ClickException("the report could not be delivered on every alert channel (see the log above)")
 
 
 # -- cutoff ------------------------------------------------------------------------------------
@@ -117,17 +181,20 @@ def cutoff() -> None:
 
 @cutoff.command("check")
 @config_option
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing unless the cutoff is engaged.")
-def cutoff_check(config_path: str | None, quiet: bool) -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Also say when there was nothing to do (spend, cutoff state).")
+@click.option("--quiet", "-q", is_flag=True, hidden=True, help="Accepted for old cron lines; silence is the default.")
+def cutoff_check(config_path: str | None, verbose: bool, quiet: bool) -> None:
     """For cron (hourly): engage the cutoff and alert if today's spend reached emergency_cutoff.
 
-    Exits 0 when all is well, including when it just engaged the cutoff; non-zero only when the
-    config or the ledger cannot be read.
+    Prints only when it acts (engages the cutoff, sends an alert), so cron mails only then; -v
+    reports the state every time. Exits 0 when all is well, including when it just engaged the
+    cutoff; non-zero only when the config or the ledger cannot be read.
     """
     cfg = load_or_exit(config_path)
+    verbose = verbose and not quiet
     led = _open(cfg, create=False)
     if led is None:
-        if not quiet:
+        if verbose:
             click.echo(f"no ledger at {_ledger_path(cfg)} yet: nothing spent")
         return
     limits = BudgetLimits.from_config(cfg)
@@ -159,24 +226,26 @@ def cutoff_check(config_path: str | None, quiet: bool) -> None:
             await alerter.drain()
 
         asyncio.run(deliver())
+        click.echo(f"sent {', '.join(kind for kind, _ in to_send)} alert(s): cloud spend {_usd(spend)} on {day}")
         if not alerter.configured:
             click.echo("warning: no alert channel configured (alerts.email / alerts.webhook)", err=True)
     active = state.active_on(day)
     if engaged_now:
         click.echo(f"ENGAGED the emergency cutoff: {state.reason}")
-    elif active:
+    elif active and verbose:
         click.echo(f"cutoff engaged for {day} by {state.by}: {state.reason}")
-    elif not quiet:
+    elif verbose:
         click.echo(f"ok: cloud spend {_usd(spend)} on {day}, emergency cutoff at "
                    f"{_usd(limits.emergency_cutoff)}")
 
 
 @cutoff.command("engage")
 @config_option
-@click.option("--reason", default="engaged by an operator", show_default=True)
+@click.option("--reason", default="engaged by an operator", show_default=True,
+              help="Why; shown by budget show and status, and in the ledger.")
 def cutoff_engage(config_path: str | None, reason: str) -> None:
     """Refuse all cloud requests for the rest of today (the daemon notices within a second)."""
-    cfg = load_or_exit(config_path)
+    cfg = _load_with_ledger(config_path)
     led = _open(cfg, create=True)
     assert led is not None
     day = _today(cfg)
@@ -193,7 +262,7 @@ def cutoff_engage(config_path: str | None, reason: str) -> None:
 @config_option
 def cutoff_release(config_path: str | None) -> None:
     """Allow cloud requests again (within budget) before the day ends."""
-    cfg = load_or_exit(config_path)
+    cfg = _load_with_ledger(config_path)
     led = _open(cfg, create=False)
     if led is None:
         click.echo("cutoff not engaged (no ledger yet)")
@@ -225,10 +294,10 @@ def budget() -> None:
 
 @budget.command("show")
 @config_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def budget_show(config_path: str | None, as_json: bool) -> None:
     """Spend today, what remains, the thresholds, the cutoff and per-client spend."""
-    cfg = load_or_exit(config_path)
+    cfg = _load_with_ledger(config_path)
     limits = BudgetLimits.from_config(cfg)
     day = _today(cfg)
     led = _open(cfg, create=False)

@@ -19,8 +19,9 @@ def route() -> None:
 @route.command("explain")
 @config_option
 @click.argument("request_file", type=click.File("rb"), default="-")
-@click.option("--protocol", type=click.Choice(["anthropic", "openai"]), default="anthropic",
-              help="Wire format of the request body.")
+@click.option("--protocol", type=click.Choice(["auto", "anthropic", "openai"]), default="auto", show_default=True,
+              help="Wire format of the request body; auto detects it (OpenAI: system/tool roles in messages, "
+                   "max_completion_tokens, stream_options, or no max_tokens; else Anthropic Messages).")
 @click.option("--client", default="anonymous", help="Client name to evaluate rules for.")
 @click.option("--override", default=None, help="Target named in the override header, if any.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -36,6 +37,9 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
 
     config = load_or_exit(config_path)
     body = request_file.read()
+    if protocol == "auto":
+        protocol = detect_protocol(body)
+        click.echo(f"note: protocol {protocol} (detected; --protocol to override)", err=True)
     try:
         internal = anthropic_api.parse_request(body) if protocol == "anthropic" else openai_api.parse_request(body)[0]
     except RouterError as e:
@@ -64,6 +68,29 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
         click.echo(f"  {label}: target {step['target']} -> backend {step['backend']} model {step['model']}{cloud}")
     click.echo(f"note: {counts_note}", err=True)
     sys.stdout.flush()
+
+
+_OPENAI_ONLY_KEYS = ("max_completion_tokens", "stream_options", "response_format", "n", "logprobs", "seed",
+                     "frequency_penalty", "presence_penalty")
+
+
+def detect_protocol(body: bytes) -> str:
+    """``openai`` or ``anthropic``, from what only one of the two request shapes has."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "anthropic"  # the parser reports the broken JSON
+    if not isinstance(data, dict):
+        return "anthropic"
+    if any(k in data for k in _OPENAI_ONLY_KEYS):
+        return "openai"
+    messages = data.get("messages") if isinstance(data.get("messages"), list) else []
+    if any(isinstance(m, dict) and m.get("role") in ("system", "developer", "tool") for m in messages):
+        return "openai"
+    if any(isinstance(t, dict) and t.get("type") == "function" for t in data.get("tools") or []):
+        return "openai"
+    # Anthropic's Messages API requires max_tokens; OpenAI's chat completions do not.
+    return "anthropic" if "max_tokens" in data or "system" in data else "openai"
 
 
 def _rule_counts(config):

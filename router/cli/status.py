@@ -180,13 +180,48 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def router_url(config: RouterConfig) -> str:
+    """Where the router listens according to its config; a wildcard address is probed on loopback."""
+    host = config.server.host
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.server.port}"
+
+
+# Exit statuses, so cron and monitoring can act on `status` alone.
+EXIT_OK, EXIT_ROUTER_DOWN, EXIT_ALL_BACKENDS_DOWN = 0, 3, 4
+
+
+def exit_status(result: dict[str, Any]) -> int:
+    if not result["router"]["running"]:
+        return EXIT_ROUTER_DOWN
+    if result["backends"] and not any(b["reachable"] for b in result["backends"]):
+        return EXIT_ALL_BACKENDS_DOWN
+    return EXIT_OK
+
+
 @click.command()
 @config_option
-@click.option("--url", default=None, help="The running router (default: http://127.0.0.1:<server.port>).")
+@click.option("--url", default=None,
+              help="The running router (default: server.host and server.port from the config; 0.0.0.0 is "
+                   "probed on 127.0.0.1).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def status(config_path: str | None, url: str | None, as_json: bool) -> None:
-    """Show the router, GPUs, backend health, loaded Ollama models and today's budget on one screen."""
+    """Show the router, GPUs, backend health, loaded Ollama models and today's budget on one screen.
+
+    Exit status: 0 when the router runs and at least one backend answers, 3 when the router is not
+    running, 4 when it runs but no backend answers (for cron and monitoring).
+    """
     config = load_or_exit(config_path)
-    url = (url or f"http://127.0.0.1:{config.server.port}").rstrip("/")
+    url = (url or router_url(config)).rstrip("/")
     result = asyncio.run(gather_status(config, url))
     click.echo(json.dumps(result, indent=2, default=str) if as_json else render(result))
+    code = exit_status(result)
+    if code != EXIT_OK and not as_json:
+        click.echo("status: " + ("the router is not running" if code == EXIT_ROUTER_DOWN
+                                 else "no backend answers: every request will fail"), err=True)
+    raise SystemExit(code)

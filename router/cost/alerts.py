@@ -130,7 +130,10 @@ class Alerter:
 
     def send(self, alert: Alert) -> None:
         """Schedule *alert* on every channel; returns at once. Needs a running event loop."""
-        log.warning("budget alert: %s: %s", alert.title, alert.message)
+        if alert.kind == "report":  # the report itself is no warning, and too long for a log line
+            log.info("sending %s", alert.title)
+        else:
+            log.warning("alert: %s: %s", alert.title, alert.message)
         channels = []
         if self.config.email is not None:
             channels.append(("email", self._send_email, self.config.email))
@@ -148,6 +151,15 @@ class Alerter:
         if previous is not None and not previous.done():
             await asyncio.gather(previous, return_exceptions=True)
         return await self._with_retries(name, fn, cfg, alert)
+
+    async def send_and_wait(self, alert: Alert) -> bool:
+        """Send *alert* on every channel and wait; True when every channel delivered it (CLI use)."""
+        if not self.configured:
+            return False
+        self.send(alert)
+        results = await asyncio.gather(*[self._last[name] for name in ("email", "webhook") if name in self._last],
+                                       return_exceptions=True)
+        return all(r is True for r in results)
 
     async def drain(self) -> None:
         """Wait until every scheduled alert was delivered or gave up (tests, shutdown)."""

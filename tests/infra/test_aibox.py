@@ -231,7 +231,15 @@ def test_cost_cron_entries(host):
     jobs = [ln.split() for ln in lines if "aibox-router " in ln and len(ln.split()) > 6]
     cutoff = [j for j in jobs if "cutoff" in j and "check" in j]
     report = [j for j in jobs if "report" in j]
-    assert cutoff and report, f"cron jobs missing in {CRON_FILE}:\n{cron.content_string}"
+    mailto = next((ln.split("=", 1)[1].strip('"') for ln in lines if ln.startswith("MAILTO=")), "")
+    assert cutoff, f"cut-off job missing in {CRON_FILE}:\n{cron.content_string}"
+    # The daily report is scheduled only where it goes somewhere: MAILTO, or the alert channels (--send).
+    if mailto:
+        assert report, f"MAILTO={mailto} but no report job in {CRON_FILE}:\n{cron.content_string}"
+    for job in report:
+        # Yesterday, complete: a 07:30 report of "today" would cover seven and a half hours.
+        assert "--date" in job and job[job.index("--date") + 1] == "yesterday", " ".join(job)
+        assert mailto or "--send" in job, " ".join(job)
     for job in cutoff + report:
         # Started by root through systemd-run, which drops to the service user with its secrets.
         assert job[5] == "root" and job[6] == "systemd-run", " ".join(job)
@@ -240,3 +248,8 @@ def test_cost_cron_entries(host):
     # The hourly job works as cron runs it: same command line, as root, exit 0 when all is well.
     result = host.run(" ".join(cutoff[0][6:]))
     assert result.rc == 0, f"cutoff check failed as cron runs it:\n{result.stdout}\n{result.stderr}"
+    # Silent unless it acts, so MAILTO is not mailed "ok" 24 times a day.
+    assert result.stdout == "" or "ENGAGED" in result.stdout or "alert" in result.stdout, result.stdout
+    for job in report:
+        result = host.run(" ".join(job[6:]))
+        assert result.rc == 0, f"report failed as cron runs it:\n{result.stdout}\n{result.stderr}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -13,7 +14,7 @@ import pytest
 from aibox_router.api.anthropic import accumulate
 from aibox_router.backends import create_backend
 from aibox_router.backends.anthropic import AnthropicBackend
-from aibox_router.backends.base import BackendUnavailable
+from aibox_router.backends.base import BackendCredentialsRejected, BackendUnavailable
 from aibox_router.config import BackendConfig, TargetConfig
 from aibox_router.errors import UpstreamStatusError
 from aibox_router.internal import CallContext
@@ -216,6 +217,16 @@ async def test_5xx_is_unavailable_so_the_pipeline_can_fall_back(fake, backend, s
         await collect(backend, request(), CallContext())
 
 
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_rejected_router_key_is_unavailable_never_the_clients_error(fake, backend, status):
+    """The client's key never travels upstream, so 401/403 is the router's own key: fall back, never pass it on."""
+    fake.replies.extend([Reply.error(status, "invalid x-api-key")] * 2)
+    for call in (backend.complete(request(), TARGET, CallContext()), collect(backend, request(), CallContext())):
+        with pytest.raises(BackendCredentialsRejected) as info:
+            await call
+        assert info.value.status == status and "router's own API key" in info.value.reason
+
+
 @pytest.mark.parametrize(("status", "etype"), [(400, "invalid_request_error"), (429, "rate_limit_error")])
 async def test_4xx_goes_to_the_client_with_the_upstream_body(fake, backend, status, etype):
     fake.replies.extend([Reply.error(status, "prompt is too long"), Reply.error(status, "prompt is too long")])
@@ -242,13 +253,16 @@ async def test_connection_refused_is_unavailable():
 
 
 async def test_read_timeout_is_unavailable(fake):
-    fake.delay_s = 1.0
+    fake.delay_s = 0.6
     backend = make_backend(fake.url, read_timeout_s=0.2)
     try:
         with pytest.raises(BackendUnavailable, match="timeout"):
             await collect(backend, request(), CallContext())
     finally:
         await backend.aclose()
+    # The fake still answers the abandoned request after its delay; let it do so now, or it would
+    # take a reply scripted by a later test.
+    await asyncio.sleep(0.6)
 
 
 # -- count_tokens, health, models -------------------------------------------------------------------
@@ -263,14 +277,14 @@ async def test_count_tokens_forwards_the_prompt_only(fake, backend):
     assert sent.body == {"model": TARGET.model, "system": "be brief", "messages": req["messages"]}
 
 
-async def test_health_is_free_and_reports_a_rejected_key(fake, backend):
+async def test_health_is_free_and_reports_a_rejected_key_as_down(fake, backend):
     assert await backend.health() == (True, "reachable")
     fake.expected_key = "a-different-key"
     try:
         reachable, detail = await backend.health()
     finally:
         fake.expected_key = None
-    assert reachable and "rejected" in detail
+    assert not reachable and "rejected" in detail  # every call would fail: the backend is down
     assert {(r.method, r.path) for r in fake.requests} == {("GET", "/v1/models")}  # nothing billable
     fake.force_status = 500
     assert await backend.health() == (False, "HTTP 500")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from aibox_router.bench import report
 from aibox_router.bench.checks import extract_python, parse_check, run_python_tests
@@ -86,6 +87,18 @@ def test_summary_recommendation_and_rules_yaml():
     table = report.table(summary)
     assert table.splitlines()[0].split()[:3] == ["target", "model", "runs"]
     assert "fast" in table and "coder" in table
+
+
+def test_rules_yaml_follows_the_verdict_when_no_local_target_passed():
+    runs = [_run("fast", "pattern_recognition", False, 90, 100), _run("coder", "pattern_recognition", False, 30, 300),
+            _run("coder", "code_generation", True, 30, 300)]
+    recs = report.recommend(report.summarize(runs))
+    to_cloud = yaml.safe_load(report.rules_yaml(recs, cloud_target="claude"))["rules"]
+    assert {r["target"]: r["when"] for r in to_cloud} == {"coder": 'task == "code_generation"',
+                                                          "claude": 'task == "pattern_recognition"'}
+    no_cloud = report.rules_yaml(recs)
+    assert [r["target"] for r in yaml.safe_load(no_cloud)["rules"]] == ["coder"]  # never the target that failed it
+    assert "# pattern_recognition: no local target passed" in no_cloud
 
 
 def test_document_roundtrips_as_json(tmp_path: Path):

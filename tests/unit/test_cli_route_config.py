@@ -90,3 +90,38 @@ def test_serve_refuses_an_unusable_state_dir_with_the_key_and_reason(tmp_path):
     result = CliRunner().invoke(main, ["serve", "-c", str(cfg)])
     assert result.exit_code == 1
     assert f"{cfg}: server.state_dir {blocker / 'state'}: cannot create it" in result.output
+
+
+def test_explain_detects_the_protocol_from_the_body(tmp_path):
+    from aibox_router.cli.route import detect_protocol
+
+    cfg = write_config(tmp_path)
+    openai_body = json.dumps({"model": "coder", "messages": [{"role": "system", "content": "be brief"},
+                                                             {"role": "user", "content": "Fix this bug"}]})
+    result = CliRunner().invoke(main, ["route", "explain", "-c", str(cfg), "--json"], input=openai_body)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["features"]["protocol"] == "openai"
+    assert "protocol openai (detected" in result.stderr
+    assert detect_protocol(PATTERN_REQUEST.encode()) == "anthropic"
+    assert detect_protocol(b'{"model": "m", "messages": [], "stream_options": {"include_usage": true}}') == "openai"
+    assert detect_protocol(b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}') == "openai"
+
+
+def test_every_option_of_every_command_has_help_text():
+    import click
+
+    ctx = click.Context(main)
+
+    def commands(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                yield from commands(cmd.get_command(ctx, name), [*path, name])
+        else:
+            yield " ".join(path), cmd
+
+    found = list(commands(main, []))
+    assert len(found) >= 10
+    missing = [f"{path} {p.opts[0]}" for path, cmd in found for p in cmd.params
+               if isinstance(p, click.Option) and not p.hidden and not p.help]
+    assert not missing, f"options without help text: {missing}"
+    assert all(cmd.help for _, cmd in found)

@@ -85,6 +85,8 @@ def run(*args: str) -> Any:
 def test_no_ledger_yet_is_fine_and_creates_nothing(config: Path) -> None:
     state = load_config(config).server.state_dir
     r = run("cutoff", "check", "-c", str(config))
+    assert r.exit_code == 0 and r.output == ""  # nothing to do: silent, so cron mails nothing
+    r = run("cutoff", "check", "-c", str(config), "-v")
     assert r.exit_code == 0 and "nothing spent" in r.output
     r = run("budget", "show", "-c", str(config))
     assert r.exit_code == 0 and "$0.00 of $10.00" in r.output
@@ -96,7 +98,8 @@ def test_no_ledger_yet_is_fine_and_creates_nothing(config: Path) -> None:
 def test_cutoff_check_below_the_limit(config: Path, hook: tuple[list[dict[str, Any]], str]) -> None:
     add_spend(config, "3.5")
     r = run("cutoff", "check", "-c", str(config))
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 0 and r.output == "", r.output  # silent unless it acts
+    r = run("cutoff", "check", "-c", str(config), "--verbose")
     assert "ok: cloud spend $3.50" in r.output
     assert hook[0] == []
     assert "not engaged" in run("budget", "show", "-c", str(config)).output
@@ -109,8 +112,10 @@ def test_cutoff_check_engages_and_alerts_once(config: Path, hook: tuple[list[dic
     assert "ENGAGED" in r.output
     assert [b["kind"] for b in hook[0]] == ["alert_threshold", "daily_budget", "emergency_cutoff"]
     assert hook[0][-1]["spend"] == "12.25"
+    assert "sent alert_threshold, daily_budget, emergency_cutoff alert(s)" in r.output
     r = run("cutoff", "check", "-c", str(config))
-    assert r.exit_code == 0 and "cutoff engaged for" in r.output
+    assert r.exit_code == 0 and r.output == ""  # already engaged, nothing new: silent
+    assert "cutoff engaged for" in run("cutoff", "check", "-c", str(config), "-v").output
     assert len(hook[0]) == 3  # one alert per threshold per day
     show = run("budget", "show", "-c", str(config), "--json")
     data = json.loads(show.stdout)
@@ -183,5 +188,55 @@ def test_report_text_json_and_chart(tmp_path: Path, config: Path) -> None:
     text = run("report", "-c", str(config)).output
     assert "[PASS] mostly local" in text and "[PASS] local answers fast" in text
     assert "[PASS] cheap per query" in text
-    r = CliRunner().invoke(main, ["report", "-c", str(config), "--date", "yesterday"])
+    r = CliRunner().invoke(main, ["report", "-c", str(config), "--date", "2026-13-01"])
     assert r.exit_code == 2 and "YYYY-MM-DD" in r.output
+
+
+def test_report_date_yesterday_is_the_previous_budget_day(config: Path) -> None:
+    from datetime import date, timedelta
+
+    r = run("report", "-c", str(config), "--date", "yesterday", "--json")
+    assert r.exit_code == 0, r.output
+    yesterday = (date.fromisoformat(today()) - timedelta(days=1)).isoformat()
+    data = json.loads(r.stdout)
+    assert data["first_day"] == data["last_day"] == yesterday
+    r = CliRunner().invoke(main, ["report", "-c", str(config), "--date", "last week"])
+    assert r.exit_code == 2 and "today or yesterday" in r.output
+
+
+def test_report_send_delivers_the_text_through_the_alert_channel(config: Path,
+                                                                  hook: tuple[list[dict[str, Any]], str]) -> None:
+    add_spend(config, "2.25")
+    r = run("report", "-c", str(config), "--send")
+    assert r.exit_code == 0 and r.stdout == "", r.output
+    assert len(hook[0]) == 1 and hook[0][0]["kind"] == "report"
+    assert "$2.25" in hook[0][0]["message"] and today() in hook[0][0]["title"]
+
+
+def test_report_send_without_a_channel_fails(tmp_path: Path, config: Path) -> None:
+    data = yaml.safe_load(config.read_text())
+    data.pop("alerts")
+    bare = tmp_path / "bare.yml"
+    bare.write_text(yaml.safe_dump(data))
+    r = CliRunner().invoke(main, ["report", "-c", str(bare), "--send"])
+    assert r.exit_code == 1 and "no alert channel" in r.output
+
+
+def test_report_refuses_an_unpriced_reference_model_and_a_bad_chart_path_before_printing(config: Path,
+                                                                                       tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["report", "-c", str(config), "--reference-model", "gpt-9"])
+    assert r.exit_code == 2 and "no entry in the config's prices" in r.output and "queries" not in r.stdout
+    for chart, why in ((tmp_path / "no-such-dir" / "c.png", "does not exist"), (tmp_path / "c.pdf", ".png or .html")):
+        r = CliRunner().invoke(main, ["report", "-c", str(config), "--chart", str(chart)])
+        assert r.exit_code == 2 and why in r.output, r.output
+        assert "Errno" not in r.output and r.stdout == ""  # refused before the report was printed
+
+
+def test_budget_commands_without_a_config_or_a_ledger_refuse_to_guess(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIBOX_STATE_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("AIBOX_ROUTER_CONFIG", raising=False)
+    for args in (["budget", "show"], ["cutoff", "engage"], ["cutoff", "release"], ["report"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 1 and "no config given" in r.output, (args, r.output)
+    assert not (tmp_path / "nowhere").exists()  # and no stray ledger was created

@@ -196,7 +196,7 @@ def test_real_pynvml_never_raises_here():
 
 def _engine() -> RuleEngine:
     cfg = parse_config({
-        "backends": {"local": {"type": "openai", "base_url": "http://127.0.0.1:9"}},
+        "backends": {"local": {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}},
         "targets": {"big": {"backend": "local", "model": "qwen2.5:32b"},
                     "small": {"backend": "local", "model": "qwen2.5:3b"}},
         "rules": [{"name": "gpu-full", "when": "gpu_available and gpu_memory_used_fraction > 0.9",

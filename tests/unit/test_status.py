@@ -57,7 +57,7 @@ def test_status_screen(tmp_path: Path):
         config = _config(tmp_path, ollama.url)
         _ledger_with_spend(tmp_path / "state")
         result = CliRunner().invoke(main, ["status", "-c", str(config), "--url", absent_url()])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # the router is not running: monitoring must see it
     out = result.output
     assert "router   NOT RUNNING at http://127.0.0.1:" in out
     assert "gpu      no GPU (GPU monitoring disabled in config" in out
@@ -72,10 +72,51 @@ def test_status_screen(tmp_path: Path):
 def test_status_json_without_ledger_or_router(tmp_path: Path):
     config = _config(tmp_path, absent_url())
     result = CliRunner().invoke(main, ["status", "-c", str(config), "--url", absent_url(), "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output
     data = json.loads(result.output)
     assert data["router"]["running"] is False
     assert [b["reachable"] for b in data["backends"]] == [False, False]
     assert data["budget"]["source"] is None and "no ledger" in data["budget"]["error"]
     assert data["gpu"]["available"] is False
     assert not (tmp_path / "state").exists()  # status only reads; it never creates a ledger
+
+
+def test_status_probes_the_configured_address_and_exits_by_what_is_down(tmp_path: Path):
+    from aibox_router.cli.status import router_url
+    from aibox_router.config import load_config
+    from tests.support.router_process import RouterProcess
+
+    with FakeOllama(["qwen2.5-coder:7b"]) as ollama:
+        cfg = yaml.safe_load(_config(tmp_path, ollama.url).read_text())
+        cfg["server"]["state_dir"] = str(tmp_path / "router-state")
+        with RouterProcess(cfg, tmp_path) as router:
+            config = load_config(router.config_path)
+            assert router_url(config) == router.url  # server.host/port, not a hard-coded loopback
+            result = CliRunner().invoke(main, ["status", "-c", str(router.config_path)])
+            assert result.exit_code == 0, result.output
+            assert f"router   running at {router.url}" in result.output
+        # The router still runs on the same address in the next block; its only backend is now down.
+        cfg["backends"] = {"ollama": {"type": "ollama", "base_url": absent_url()}}
+        cfg["targets"] = {"coder": {"backend": "ollama", "model": "m"}}
+        with RouterProcess(cfg, tmp_path) as router:
+            result = CliRunner().invoke(main, ["status", "-c", str(router.config_path)])
+            assert result.exit_code == 4, result.output
+            assert "no backend answers" in result.stderr
+
+
+def test_router_url_maps_wildcard_addresses_to_loopback(tmp_path: Path):
+    from aibox_router.cli.status import router_url
+    from aibox_router.config import parse_config
+
+    def url(host: str) -> str:
+        return router_url(parse_config({"server": {"host": host, "port": 9000}, "backends": {}, "targets": {},
+                                        "default_target": "x"} | _minimal_targets(), "t", env={}))
+
+    assert url("0.0.0.0") == "http://127.0.0.1:9000"
+    assert url("::") == "http://[::1]:9000"
+    assert url("192.168.10.88") == "http://192.168.10.88:9000"
+
+
+def _minimal_targets() -> dict:
+    return {"backends": {"o": {"type": "ollama", "base_url": "http://127.0.0.1:1"}},
+            "targets": {"x": {"backend": "o", "model": "m"}}}
