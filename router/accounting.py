@@ -57,6 +57,7 @@ class RequestRecord:
     complexity: int = 0
     error: str = ""
     energy_j: float | None = None  # GPU energy used while serving (local targets, NVML counter)
+    skipped: str = ""  # targets passed over because the prompt does not fit them: "coder=context,general=context"
 
 
 class Accounting(Protocol):

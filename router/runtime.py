@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .backends import Backend, create_backend
 from .config import RouterConfig
+from .context import ContextWindows
 from .rules import RuleEngine
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ class Runtime:
         self.accounting = accounting
         self.gpu = gpu
         self.rules = RuleEngine(config, accounting.rule_count_today)
+        self.windows = ContextWindows(config)
         self._in_flight = 0
         self._retired = False
 

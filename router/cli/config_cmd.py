@@ -23,7 +23,18 @@ def check(path: str, quiet: bool) -> None:
     except ConfigError as e:
         click.echo(f"config error: {e}", err=True)
         raise SystemExit(1) from None
+    from ..context import config_warnings, static_window
+
     if not quiet:
         click.echo(f"{path}: OK ({len(cfg.backends)} backends, {len(cfg.targets)} targets, "
                    f"{len(cfg.rules)} rules, {len(cfg.clients)} clients; daily budget "
                    f"${cfg.budgets.daily_budget:.2f} in {cfg.budgets.timezone})")
+        click.echo("context windows:")
+        for name, target in cfg.targets.items():
+            window = static_window(cfg, name)
+            size = f"{window.tokens} tokens" if window.tokens is not None else "unknown"
+            cap = f", output cap {target.max_output_tokens}" if target.max_output_tokens else ""
+            where = "cloud" if cfg.target_is_cloud(name) else "local"
+            click.echo(f"  {name} ({where}): {size} ({window.source}){cap}")
+    for warning in config_warnings(cfg):
+        click.echo(f"warning: {warning}", err=True)

@@ -50,7 +50,8 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
         return
     f = result["features"]
     click.echo(f"request: model={f['model']} task={f['task']} complexity={f['complexity']} "
-               f"input_tokens~{f['input_tokens']} tools={f['tool_count']} thinking={f['has_thinking']}")
+               f"input_tokens~{f['input_tokens']} context_tokens<={f['context_tokens']} "
+               f"tools={f['tool_count']} thinking={f['has_thinking']} fits_local={f['fits_local']}")
     for r in result["rules"]:
         click.echo(f"  {'MATCH' if r['matched'] else 'skip '} {r['rule']}: {r['note']}")
     d = result["decision"]
@@ -59,6 +60,12 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
         label = "answers" if i == 0 else f"fallback {i}"
         cloud = " (cloud, budget permitting)" if step["cloud"] else ""
         click.echo(f"  {label}: target {step['target']} -> backend {step['backend']} model {step['model']}{cloud}")
+    if not result["chain"]:
+        click.echo("  no target can hold this prompt: the client gets 'prompt is too long' (400)")
+    for c in result["context"]:
+        click.echo(f"  context {c['target']}: {c['note']}")
+    if result["skipped"]:
+        click.echo(f"x-aibox-skipped: {result['skipped']}")
     click.echo(f"note: {counts_note}", err=True)
     sys.stdout.flush()
 

@@ -70,6 +70,7 @@ class LedgerRow:
     complexity: int = 0
     error: str = ""
     energy_j: float | None = None
+    skipped: str = ""  # targets passed over because the prompt did not fit their window
     id: int | None = None  # assigned by the store
 
     @classmethod
@@ -85,7 +86,7 @@ class LedgerRow:
             latency_ms=record.latency_ms, ttft_ms=record.ttft_ms, status=record.status,
             http_status=record.http_status, fallback=record.fallback, downgraded=record.downgraded,
             task=record.task, complexity=record.complexity, error=record.error[:2000],
-            energy_j=record.energy_j,
+            energy_j=record.energy_j, skipped=record.skipped,
         )
 
 
@@ -234,6 +235,12 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
             ts REAL NOT NULL,
             PRIMARY KEY (day, kind)
         )""")
+
+
+@_migration
+def _v2_context_skips(conn: sqlite3.Connection) -> None:
+    # Which targets a request passed over because its prompt did not fit their context window.
+    conn.execute("ALTER TABLE requests ADD COLUMN skipped TEXT NOT NULL DEFAULT ''")
 
 
 SCHEMA_VERSION = len(_MIGRATIONS)
