@@ -145,7 +145,8 @@ def test_the_window_is_read_from_llama_cpp_props_or_vllm_models(kind, slots, exp
 
 def test_byte_classes_add_up():
     c = ByteClasses.of("héllo, world\n  x = 1".encode())
-    assert (c.alnum, c.space, c.newline, c.non_ascii) == (11, 5, 1, 2)
+    assert (c.letters, c.digits, c.space, c.newline, c.non_ascii) == (10, 1, 5, 1, 2)
+    assert c.total == len("héllo, world\n  x = 1".encode())
     assert c.punct == 2  # "," and "="
 
 
