@@ -49,8 +49,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aibox_router import context  # noqa: E402
-from aibox_router.backends.openai import function_tools, to_openai_messages  # noqa: E402
+from aibox_router import context
+from aibox_router.backends.openai import function_tools, to_openai_messages
 
 CC_FIXTURE = ROOT / "tests" / "fixtures" / "claude_code_request.json"
 
