@@ -10,7 +10,8 @@ real tokenizers of the local model families, and prints the distribution of esti
 * requests built by the official OpenAI SDK (captured on the wire, then read by the router's own
   OpenAI adapter): code review prompts with real files, function tools;
 * long code and text files sent as one message: this repository's Python, YAML and Markdown, the
-  installed libraries' Python, C headers from /usr/include.
+  installed libraries' Python, C headers from /usr/include, and GnuPG's help texts in a dozen
+  languages (Japanese, Russian, ...: text that is mostly non-ASCII).
 
 What a model reads is the chat-templated conversation the router sends (``to_openai_messages`` and
 ``function_tools``, the very translation of backends/openai.py), rendered as ChatML with the tool
@@ -77,7 +78,9 @@ def source_files() -> list[Path]:
             + _files([(ROOT, "docs/*.md"), (ROOT, "README.md")], 8) + _files([(ROOT / "roles", "**/*.yml")], 8)
             + _files([(sp / "aiohttp", "*.py"), (sp / "jinja2", "*.py"), (sp / "yaml", "*.py"),
                       (sp / "starlette", "*.py"), (sp / "click", "*.py")], 30)
-            + _files([(Path("/usr/include"), "*.h")], 15))
+            + _files([(Path("/usr/include"), "*.h")], 15)
+            # Translated prose (GnuPG's help texts: Japanese, Russian, German, ...): non-ASCII text.
+            + _files([(Path("/usr/share/gnupg"), "help.*.txt")], 16))
 
 
 def claude_code_bodies(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
@@ -280,8 +283,11 @@ def distribution(ratios: list[float]) -> str:
 
 
 # Which weight set of context.py each family's counts calibrate.
-GROUPS = {"byte-level BPE": ("smollm2", "qwen2.5-coder:14b", "mistral-nemo"), "SentencePiece 32K": ("mistral:7b",)}
+GROUPS = {"byte-level BPE (any)": ("smollm2", "qwen2.5-coder:14b", "mistral-nemo"), "Qwen2": ("qwen2.5-coder:14b",),
+          "Tekken": ("mistral-nemo",), "SentencePiece 32K": ("mistral:7b",)}
 CLASSES = ("letters", "digits", "punct", "space", "newline", "non_ascii")
+# Beyond covering every calibration body: bodies unlike any of them (another language, say) need room.
+HEADROOM = 1.05
 
 
 def calibrate(rows: list[dict[str, Any]]) -> None:
@@ -306,13 +312,14 @@ def calibrate(rows: list[dict[str, Any]]) -> None:
         w, *_ = np.linalg.lstsq(x * scale_rows[:, None], y * scale_rows, rcond=None)
         w = np.clip(w, 0.05, 1.0)  # never free, never more than a token per byte
         cover = max(float(yi / max(xi @ w, 1.0)) for xi, yi in zip(x, y, strict=True))
-        w = np.minimum(w * cover, 1.0)
+        w = np.minimum(w * cover * HEADROOM, 1.0)
         print(f"  {group}: " + ", ".join(f"{c}={v:.3f}" for c, v in zip(CLASSES, w, strict=True))
-              + f"  (scaled x{cover:.3f} to cover all {len(names)} calibration bodies)")
+              + f"  (scaled x{cover:.3f} to cover all {len(names)} calibration bodies, then x{HEADROOM})")
 
 
-def decision_time(n: int = 200) -> tuple[float, float]:
-    """Median and p99 ms of plan_request on an over-long Claude Code request no target can hold."""
+def decision_time(n: int = 500) -> tuple[float, float, float, float]:
+    """Median and p99 ms of plan_request on an over-long Claude Code request no target can hold: wall
+    clock, and this thread's CPU time (what the router spends, whatever else runs on the machine)."""
     from aibox_router import pipeline
     from aibox_router.config import parse_config
     from aibox_router.rules import RuleEngine
@@ -332,14 +339,16 @@ def decision_time(n: int = 200) -> tuple[float, float]:
 
     body_bytes = CC_FIXTURE.read_bytes()
     request = json.loads(body_bytes)
-    times = []
+    wall, cpu = [], []
     for _ in range(n):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         plan = pipeline.plan_request(Dry(), request, client="bench", protocol="anthropic", body_size=len(body_bytes))
-        times.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.thread_time() - started_cpu) * 1000)
+        wall.append((time.perf_counter() - started) * 1000)
         assert not plan.chain, "the benchmark request must fit no target"
-    times.sort()
-    return statistics.median(times), times[int(len(times) * 0.99) - 1]
+    wall.sort()
+    cpu.sort()
+    return statistics.median(wall), wall[int(n * 0.99) - 1], statistics.median(cpu), cpu[int(n * 0.99) - 1]
 
 
 def main() -> None:
@@ -389,7 +398,7 @@ def main() -> None:
             print(f"  {label:48} {half:5} n={len(ratios):3}  {distribution(ratios)}  below 1.0: {under}")
     all_ratios = [r["ratio"] for r in rows]
     print(f"\n  every family, every body: n={len(all_ratios)}  {distribution(all_ratios)}")
-    print(f"  worst undercount: {min(all_ratios):.3f} ({(1 - min(all_ratios)) * 100:+.1f}% below)"
+    print(f"  worst undercount: {min(all_ratios):.3f} ({(1 - min(all_ratios)) * 100:.1f}% below the real count)"
           if min(all_ratios) < 1 else f"  no body undercounted (lowest ratio {min(all_ratios):.3f})")
     print("  lowest five:", "; ".join(f"{r:.3f} {fam} / {name}" for r, fam, name in sorted(worst)[:5]))
     by_kind: dict[str, list[float]] = {}
@@ -402,9 +411,10 @@ def main() -> None:
         print("\nupper-fit weights (calibration half):")
         calibrate(rows)
 
-    median_ms, p99_ms = decision_time()
-    print(f"\nover-long Claude Code request ({CC_FIXTURE.stat().st_size // 1024} KB) decided in "
-          f"median {median_ms:.3f} ms, p99 {p99_ms:.3f} ms (target < 1 ms; no backend called)")
+    wall_median, wall_p99, cpu_median, cpu_p99 = decision_time()
+    print(f"\nover-long Claude Code request ({CC_FIXTURE.stat().st_size // 1024} KB, no target holds it) "
+          f"decided without any backend call in: CPU median {cpu_median:.3f} ms, p99 {cpu_p99:.3f} ms; "
+          f"wall median {wall_median:.3f} ms, p99 {wall_p99:.3f} ms (target < 1 ms)")
     if args.json:
         args.json.write_text(json.dumps([{k: v for k, v in r.items() if k not in ("classes", "parts")}
                                          for r in rows], indent=1))
