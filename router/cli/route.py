@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
@@ -24,8 +25,10 @@ def route() -> None:
 @click.option("--client", default="anonymous", help="Client name to evaluate rules for.")
 @click.option("--override", default=None, help="Target named in the override header, if any.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--probe", is_flag=True,
+              help="Ask OpenAI-compatible servers for their context windows, as the daemon does at start-up.")
 def explain(config_path: str | None, request_file, protocol: str, client: str, override: str | None,
-            as_json: bool) -> None:
+            as_json: bool, probe: bool) -> None:
     """Read a request body from REQUEST_FILE (or stdin) and print which rule matches, why, and which
     backend and model would answer. Nothing is sent to any backend and nothing is recorded."""
     from .. import pipeline
@@ -42,6 +45,8 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
         raise click.ClickException(f"invalid request body: {e.message}") from None
     count_today, counts_note = _rule_counts(config)
     runtime = _DryRuntime(config, RuleEngine(config, count_today))
+    if probe:
+        asyncio.run(_probe_windows(runtime))
     plan = pipeline.plan_request(runtime, internal, client=client, protocol=protocol, body_size=len(body),
                                  override=override)
     result = pipeline.explain(plan, runtime)
@@ -87,10 +92,25 @@ def _rule_counts(config):
     return (lambda rule: counts.get(rule, 0)), f"daily_limit counts read from the ledger for {day}"
 
 
+async def _probe_windows(runtime: _DryRuntime) -> None:
+    from ..backends import create_backend
+
+    backends = {name: create_backend(name, bc) for name, bc in runtime.config.backends.items()
+                if bc.type == "openai"}
+    try:
+        await runtime.windows.discover(backends)
+    finally:
+        for backend in backends.values():
+            await backend.aclose()
+
+
 class _DryRuntime:
     """Just enough of a Runtime for planning: no backends, no ledger, no GPU."""
 
     def __init__(self, config, rules):
+        from ..context import ContextWindows
+
         self.config = config
         self.rules = rules
         self.gpu = None
+        self.windows = ContextWindows(config)

@@ -344,3 +344,44 @@ def test_a_local_stream_past_its_wall_time_is_ended_with_an_error():
     assert err is not None and "longer than its limit of 0.2 s" in err.message
     assert 0 < sum(1 for e in seen if e["type"] == "content_block_delta") < 100
     assert call.calls[0][:2] == ("error", 504)
+
+
+# --- the operator's commands -------------------------------------------------------------------
+
+
+def test_config_check_prints_every_window_and_warns_about_missing_ones(tmp_path):
+    from click.testing import CliRunner
+
+    from aibox_router.cli import main
+
+    path = tmp_path / "router.yml"
+    path.write_text(json.dumps(config(tmp_path)))
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "coder (local): 8192 tokens (targets.coder.num_ctx), output cap 1024" in result.stdout
+    assert "claude (cloud): 200000 tokens (published window of claude-* models)" in result.stdout
+    assert "unknown (local): unknown" in result.stdout
+    assert "warning: targets.unknown: local target has no context window" in result.stderr
+
+
+@pytest.mark.skipif(not CC_FIXTURE.exists(), reason="the captured Claude Code request is missing")
+def test_route_explain_shows_the_skip_with_its_numbers_and_probes_servers_on_request(tmp_path):
+    from click.testing import CliRunner
+
+    from aibox_router.cli import main
+
+    with FakeWindowServer("vllm", model="x", n_ctx=4096) as server:
+        data = config(tmp_path, rules=[])
+        data["backends"]["llama"]["base_url"] = server.url
+        data["targets"]["unknown"]["fallback"] = ["claude"]
+        path = tmp_path / "router.yml"
+        path.write_text(json.dumps(data))
+        args = ["route", "explain", "-c", str(path), "--override", "unknown", str(CC_FIXTURE)]
+        unprobed = CliRunner().invoke(main, args)
+        probed = CliRunner().invoke(main, [*args, "--probe"])
+    assert unprobed.exit_code == 0 and probed.exit_code == 0, probed.output
+    assert "answers: target unknown" in unprobed.stdout and "window unknown" in unprobed.stdout
+    assert "skip  context:unknown: target unknown skipped: does not fit" in probed.stdout
+    assert "window 4096 (read from the server: vLLM GET /v1/models max_model_len)" in probed.stdout
+    assert "answers: target claude" in probed.stdout
+    assert "x-aibox-skipped: unknown=context" in probed.stdout
