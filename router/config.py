@@ -75,7 +75,7 @@ class ContextConfig(_Base, kw_only=True):
 
     # Kept free in every window besides the estimate: a fixed part plus a fraction of the window.
     safety_margin_tokens: int = 256
-    safety_margin_fraction: float = 0.05
+    safety_margin_fraction: float = 0.02
     # Output reserved when neither the request (max_tokens) nor the target (max_output_tokens) says.
     default_output_tokens: int = 1024
     # Wall-time limit for streams from local targets without their own stream_time_limit_s.
