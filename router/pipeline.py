@@ -130,7 +130,9 @@ class _Call:
         self.record = RequestRecord(
             ts=time.time(), client=f.client, rule=plan.decision.rule, target=target_name,
             backend=self.target.backend, model=self.target.model, protocol=protocol, stream=stream,
-            cloud=self.cloud, fallback=index > 0, downgraded=downgraded, task=f.task,
+            # A target reached because the chosen one was skipped (its window too small) is a fallback too.
+            cloud=self.cloud, fallback=index > 0 or target_name != plan.decision.target, downgraded=downgraded,
+            task=f.task,
             complexity=f.complexity, skipped=plan.context.header(),
         )
         self._settled = False
@@ -206,6 +208,7 @@ async def _too_long_error(runtime: Runtime, plan: Plan, protocol: str, stream: b
                                                                "x-aibox-rule": plan.decision.rule})
     first = next(iter(plan.context.fits))
     refused = _Call(runtime, plan, first, 0, False, protocol, stream)
+    runtime.accounting.rule_started(plan.decision.rule)  # settle ends this count, as for every call
     await refused.settle("refused", 400, f"{err.message} (estimated); {detail}")
     log.info("refused an over-long prompt before any backend: %s", detail)
     return err

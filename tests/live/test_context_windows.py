@@ -112,6 +112,7 @@ def test_claude_code_request_is_answered_by_the_fallback_with_the_skip_visible(r
     assert response.status_code == 200, data
     assert response.headers["x-aibox-target"] == "claude"
     assert response.headers["x-aibox-skipped"] == "local=context"
+    assert response.headers["x-aibox-fallback"] == "true"
     assert b"event: message_stop" in data
     sent = fake_anthropic.requests[-1].body
     assert sent["model"] == CLOUD_MODEL and len(sent["tools"]) == len(json.loads(CC_REQUEST.read_bytes())["tools"])
