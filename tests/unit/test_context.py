@@ -140,6 +140,28 @@ def test_the_window_is_read_from_llama_cpp_props_or_vllm_models(kind, slots, exp
     assert windows.window("small").tokens == 2048  # a configured window is never overridden
 
 
+def test_a_server_that_cannot_say_leaves_the_window_unknown(caplog):
+    from tests.doubles.fake_ollama import absent_url
+
+    data = config()
+    data["backends"]["llama"]["base_url"] = absent_url() + "/v1"
+    cfg = parse_config(data, env={})
+    backend = create_backend("llama", cfg.backends["llama"])
+
+    async def go():
+        try:
+            windows = ContextWindows(cfg)
+            await windows.discover({"llama": backend})
+            return windows
+        finally:
+            await backend.aclose()
+
+    windows = asyncio.run(go())
+    assert windows.window("unknown").tokens is None
+    assert "target unknown: could not read the context window" in caplog.text
+    assert "Set targets.unknown.context_window" in caplog.text
+
+
 # --- the estimate ------------------------------------------------------------------------------
 
 
