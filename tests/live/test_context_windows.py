@@ -10,6 +10,7 @@ The request is the one Claude Code 2.1.197 really sent (tests/fixtures/claude_co
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -132,14 +133,15 @@ def test_without_a_fallback_the_anthropic_client_gets_prompt_is_too_long_promptl
     client = anthropic.Anthropic(base_url=router.url, api_key=CLIENT_KEY, max_retries=0)
     before = len(fake_anthropic.requests)
     started = time.perf_counter()
-    with pytest.raises(anthropic.BadRequestError) as caught:
-        client.messages.create(model=body["model"], max_tokens=body["max_tokens"], system=body["system"],
-                               tools=body["tools"], messages=body["messages"],
-                               extra_headers={"x-aibox-target": "local-alone"})
+    # Streamed, as Claude Code asks (the SDK insists on it for max_tokens this large).
+    with pytest.raises(anthropic.BadRequestError) as caught, client.messages.stream(
+            model=body["model"], max_tokens=body["max_tokens"], system=body["system"], tools=body["tools"],
+            messages=body["messages"], extra_headers={"x-aibox-target": "local-alone"}) as stream:
+        stream.get_final_message()
     elapsed = time.perf_counter() - started
     err = caught.value
-    assert err.status_code == 400 and err.body["type"] == "invalid_request_error"
-    assert err.body["message"].startswith("prompt is too long: ") and "tokens >" in err.body["message"]
+    assert err.status_code == 400 and err.body["error"]["type"] == "invalid_request_error"
+    assert re.fullmatch(r"prompt is too long: \d+ tokens > \d+ maximum", err.body["error"]["message"])
     assert err.response.headers["x-aibox-skipped"] == "local-alone=context"
     assert err.response.headers["x-should-retry"] == "false"
     assert len(fake_anthropic.requests) == before  # nothing went anywhere
