@@ -28,8 +28,9 @@ definitions as JSON; that text is what the tokenizers count. Tokenizers (each th
 The decision time is that of ``pipeline.plan_request`` on an over-long request whose every target is
 too small (what the router does before answering "prompt is too long"); no backend is called.
 
-``--calibrate`` also prints the byte-class weights that make the estimate an upper fit of the first
-half of the bodies (the second half is the test set the distribution is printed for).
+``--calibrate`` also prints the byte-class weights that make the estimate an upper fit of the
+calibration half of the bodies (chosen by a hash of each body's name; the other half is the test
+set the distribution is printed for). It needs numpy and scipy (in the bench-tokenizers extra).
 
 Usage: .venv/bin/python benchmarks/token_estimate.py [--calibrate] [--llama-url URL] [--json OUT]
 """
@@ -43,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -276,6 +278,11 @@ def classes_of(body: dict[str, Any]) -> tuple[context.ByteClasses, context.Promp
     return context.ByteClasses.of(parts.text), parts
 
 
+def half_of(name: str) -> str:
+    """A body's half, by a hash of its name: stable when bodies are added to or removed from the set."""
+    return "calibration" if zlib.crc32(name.encode()) % 2 == 0 else "test"
+
+
 def distribution(ratios: list[float]) -> str:
     q = statistics.quantiles(ratios, n=20) if len(ratios) > 1 else ratios * 19
     return (f"min {min(ratios):.3f}  p5 {q[0]:.3f}  median {statistics.median(ratios):.3f}  "
@@ -291,9 +298,11 @@ HEADROOM = 1.05
 
 
 def calibrate(rows: list[dict[str, Any]]) -> None:
-    """Per weight set: least squares on relative error over the calibration half, taking per body the
-    highest count among the set's tokenizers, then scaled so no calibration body is undercounted."""
+    """Per weight set, a linear programme over the calibration half: the weights (each between 0.05
+    and 1 token per byte) that minimise the summed estimate/real ratio while no calibration body is
+    undercounted, taking per body the highest count among the set's tokenizers; then HEADROOM more."""
     import numpy as np
+    from scipy.optimize import linprog
 
     for group, models in GROUPS.items():
         real: dict[str, int] = {}
@@ -307,14 +316,15 @@ def calibrate(rows: list[dict[str, Any]]) -> None:
         names = list(sample)
         x = np.array([[getattr(sample[n]["classes"], c) for c in CLASSES] for n in names], dtype=float)
         overhead = np.array([sample[n]["parts"].messages * 8 for n in names], dtype=float)
-        y = np.array([real[n] for n in names], dtype=float) - overhead
-        scale_rows = 1.0 / np.maximum(y, 1.0)  # relative error: a short body counts as much as a long one
-        w, *_ = np.linalg.lstsq(x * scale_rows[:, None], y * scale_rows, rcond=None)
-        w = np.clip(w, 0.05, 1.0)  # never free, never more than a token per byte
-        cover = max(float(yi / max(xi @ w, 1.0)) for xi, yi in zip(x, y, strict=True))
-        w = np.minimum(w * cover * HEADROOM, 1.0)
+        y = np.maximum(np.array([real[n] for n in names], dtype=float) - overhead, 1.0)
+        result = linprog(c=(x / y[:, None]).sum(axis=0), A_ub=-x, b_ub=-y, bounds=[(0.05, 1.0)] * len(CLASSES),
+                         method="highs")
+        if not result.success:
+            print(f"  {group}: no weights cover every calibration body ({result.message})")
+            continue
+        w = np.minimum(result.x * HEADROOM, 1.0)
         print(f"  {group}: " + ", ".join(f"{c}={v:.3f}" for c, v in zip(CLASSES, w, strict=True))
-              + f"  (scaled x{cover:.3f} to cover all {len(names)} calibration bodies, then x{HEADROOM})")
+              + f"  (linear programme over {len(names)} calibration bodies, then x{HEADROOM})")
 
 
 def decision_time(n: int = 500) -> tuple[float, float, float, float]:
@@ -379,7 +389,7 @@ def main() -> None:
             estimate = context.estimate_input_tokens(body, model)
             rows.append({"family": label, "model": model, "body": name, "real": real, "estimate": estimate,
                          "ratio": estimate / real, "classes": classes, "parts": parts,
-                         "half": "calibration" if i % 2 == 0 else "test"})
+                         "half": half_of(name)})
             worst.append((estimate / real, label, name))
     if args.llama_url:
         served = llama_server_counts(args.llama_url, bodies)

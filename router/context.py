@@ -86,20 +86,26 @@ class TokenWeights:
 
 
 # The calibrated weights (benchmarks/token_estimate.py --calibrate prints them).
-DEFAULT_WEIGHTS = TokenWeights(family="byte-level BPE", letters=0.33, digits=1.0, punct=0.59, space=0.065,
+DEFAULT_WEIGHTS = TokenWeights(family="byte-level BPE", letters=0.43, digits=1.0, punct=0.64, space=0.055,
                                newline=1.0, non_ascii=1.0, per_message=8, per_image=1600)
 
 # SentencePiece vocabularies of 32K entries (Llama 2, Mistral 7B up to v0.3, Mixtral) split
 # code and non-English text finer than byte-level BPE does.
-_SENTENCEPIECE_32K = TokenWeights(family="SentencePiece 32K", letters=0.39, digits=1.0, punct=0.82, space=0.07,
+_SENTENCEPIECE_32K = TokenWeights(family="SentencePiece 32K", letters=0.38, digits=1.0, punct=0.85, space=0.055,
                                   newline=1.0, non_ascii=1.0, per_message=8, per_image=1600)
 
 # Qwen2, Qwen2.5 and Qwen3 share one 151K-entry BPE vocabulary (the aibox's default local models).
-_QWEN2 = TokenWeights(family="Qwen2 BPE", letters=0.32, digits=1.0, punct=0.50, space=0.065, newline=1.0,
+_QWEN2 = TokenWeights(family="Qwen2 BPE", letters=0.31, digits=1.0, punct=0.57, space=0.055, newline=1.0,
                       non_ascii=1.0, per_message=8, per_image=1600)
+
+# Mistral's Tekken vocabulary (131K entries): Nemo, Small 3, Codestral, Devstral, Ministral, ...
+_TEKKEN = TokenWeights(family="Tekken", letters=0.35, digits=1.0, punct=0.57, space=0.055, newline=1.0,
+                       non_ascii=1.0, per_message=8, per_image=1600)
 
 _FAMILY_BY_MODEL: tuple[tuple[str, TokenWeights], ...] = (
     ("qwen", _QWEN2),
+    *((name, _TEKKEN) for name in ("mistral-nemo", "mistral-small", "mistral-large", "mistral-medium", "codestral",
+                                   "devstral", "ministral", "magistral", "pixtral")),
     ("mistral:7b", _SENTENCEPIECE_32K), ("mistral-7b", _SENTENCEPIECE_32K), ("mixtral", _SENTENCEPIECE_32K),
     ("llama2", _SENTENCEPIECE_32K), ("llama-2", _SENTENCEPIECE_32K), ("codellama", _SENTENCEPIECE_32K),
 )
