@@ -22,8 +22,11 @@ definitions as JSON; that text is what the tokenizers count. Tokenizers (each th
 * Qwen2/2.5's BPE (qwen.tiktoken, shipped in dashscope), Mistral's SentencePiece v1 and v3 (7B
   v0.1-v0.3) and Tekken (Nemo and later), shipped in mistral-common:
   ``pip install -e '.[bench-tokenizers]'``. A family whose tokenizer is missing is skipped, and said so.
-* With ``--llama-url`` (a running llama-cpp-python server, e.g. tests/support/local_model.py), also
-  the server's own ``usage.prompt_tokens`` for every body that fits its window.
+* With ``--llama``, also the real llama.cpp server's own ``usage.prompt_tokens`` (llama-cpp-python
+  with SmolLM2, started as the live tests start it) for a spread of the smaller bodies (prompt
+  evaluation on a shared CPU takes long; ``--llama-bodies``, ``--llama-max-tokens``).
+  Its chat template is SmolLM2's own, which leaves the tool definitions out, so bodies with tools
+  are counted lower there than the model would count them with tools.
 
 The decision time is that of ``pipeline.plan_request`` on an over-long request whose every target is
 too small (what the router does before answering "prompt is too long"); no backend is called.
@@ -32,7 +35,7 @@ too small (what the router does before answering "prompt is too long"); no backe
 calibration half of the bodies (chosen by a hash of each body's name; the other half is the test
 set the distribution is printed for). It needs numpy and scipy (in the bench-tokenizers extra).
 
-Usage: .venv/bin/python benchmarks/token_estimate.py [--calibrate] [--llama-url URL] [--json OUT]
+Usage: .venv/bin/python benchmarks/token_estimate.py [--calibrate] [--llama] [--json OUT]
 """
 
 from __future__ import annotations
@@ -266,6 +269,7 @@ def llama_server_counts(url: str, bodies: list[tuple[str, dict[str, Any]]]) -> d
         response = httpx.post(f"{url}/chat/completions", json=request, timeout=600, trust_env=False)
         if response.status_code == 200:
             counts[name] = response.json()["usage"]["prompt_tokens"]
+            print(f"  {name}: {counts[name]} prompt tokens", flush=True)
     return counts
 
 
@@ -364,7 +368,12 @@ def decision_time(n: int = 500) -> tuple[float, float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calibrate", action="store_true", help="also print fitted byte-class weights")
-    parser.add_argument("--llama-url", help="a running llama-cpp-python server (base URL ending in /v1)")
+    parser.add_argument("--llama", action="store_true",
+                        help="also start the real llama.cpp server (SmolLM2, --n_ctx 16384) and compare with "
+                             "its usage.prompt_tokens")
+    parser.add_argument("--llama-bodies", type=int, default=8, help="how many bodies to send it (the slowest part)")
+    parser.add_argument("--llama-max-tokens", type=int, default=3000,
+                        help="send it only bodies estimated below this (prompt evaluation on a CPU is slow)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     args = parser.parse_args()
 
@@ -391,8 +400,19 @@ def main() -> None:
                          "ratio": estimate / real, "classes": classes, "parts": parts,
                          "half": half_of(name)})
             worst.append((estimate / real, label, name))
-    if args.llama_url:
-        served = llama_server_counts(args.llama_url, bodies)
+    if args.llama:
+        from tests.support import local_model
+
+        fitting = [(name, body) for name, body in bodies
+                   if context.estimate_input_tokens(body, "smollm2") < args.llama_max_tokens]
+        step = max(1, len(fitting) // args.llama_bodies)
+        chosen = fitting[::step][: args.llama_bodies]
+        print(f"starting the llama.cpp server; sending it {len(chosen)} bodies ...", flush=True)
+        url, process = local_model.start_llama_server(n_ctx=args.llama_max_tokens + 1024)
+        try:
+            served = llama_server_counts(url, chosen)
+        finally:
+            local_model.stop_llama_server(process)
         for name, body in bodies:
             if name in served:
                 estimate = context.estimate_input_tokens(body, "smollm2")
