@@ -135,12 +135,20 @@ def openai_sdk_bodies(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
             {"role": "system", "content": "You are a careful senior engineer. Review code for bugs."},
             {"role": "user", "content": f"Review {path.name}:\n```\n{text}\n```"}], **kwargs)
         internal, _ = openai_api.parse_request(captured[-1])
-        bodies.append((f"openai-sdk: review {path.name}{' +tools' if kwargs else ''}", internal))
+        bodies.append((f"openai-sdk: review {_label(path)}{' +tools' if kwargs else ''}", internal))
     return bodies
 
 
+def _label(path: Path) -> str:
+    """A unique, readable name: relative to the repository, else to site-packages, else absolute."""
+    for base in (ROOT, _site_packages()):
+        if path.is_relative_to(base):
+            return str(path.relative_to(base))
+    return str(path)
+
+
 def file_bodies(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
-    return [(f"file: {p.relative_to(p.parents[1])}", {"model": "m", "max_tokens": 1024, "messages": [
+    return [(f"file: {_label(p)}", {"model": "m", "max_tokens": 1024, "messages": [
         {"role": "user", "content": p.read_text(errors="replace")}]}) for p in files]
 
 
@@ -288,7 +296,7 @@ def half_of(name: str) -> str:
 
 
 def distribution(ratios: list[float]) -> str:
-    q = statistics.quantiles(ratios, n=20) if len(ratios) > 1 else ratios * 19
+    q = statistics.quantiles(ratios, n=20, method="inclusive") if len(ratios) > 1 else ratios * 19
     return (f"min {min(ratios):.3f}  p5 {q[0]:.3f}  median {statistics.median(ratios):.3f}  "
             f"p95 {q[18]:.3f}  max {max(ratios):.3f}")
 
