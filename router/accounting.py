@@ -59,6 +59,7 @@ class RequestRecord:
     error: str = ""
     energy_j: float | None = None  # GPU energy used while serving (local targets, NVML counter)
     requested_model: str = ""  # the model the client asked for (prices local calls in the report)
+    skipped: str = ""  # targets passed over because the prompt does not fit them: "coder=context,general=context"
 
 
 class Accounting(Protocol):

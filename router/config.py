@@ -91,6 +91,22 @@ class TargetConfig(_Base, kw_only=True):
     num_ctx: int | None = None  # ollama: context window to load the model with
     keep_alive: str | None = None  # ollama: how long the model stays loaded
     max_output_tokens: int | None = None  # cap on max_tokens sent to this target
+    # Tokens of input + output the model holds; see context.py for where it comes from when unset.
+    context_window: int | None = None
+    # A stream from this (local) target running longer than this is ended with an error event.
+    stream_time_limit_s: float | None = None
+
+
+class ContextConfig(_Base, kw_only=True):
+    """How requests are checked against targets' context windows (see context.py)."""
+
+    # Kept free in every window besides the estimate: a fixed part plus a fraction of the window.
+    safety_margin_tokens: int = 256
+    safety_margin_fraction: float = 0.02
+    # Output reserved when neither the request (max_tokens) nor the target (max_output_tokens) says.
+    default_output_tokens: int = 1024
+    # Wall-time limit for streams from local targets without their own stream_time_limit_s.
+    stream_time_limit_s: float | None = 600.0
 
 
 class RuleConfig(_Base, kw_only=True):
@@ -179,6 +195,7 @@ class RouterConfig(_Base, kw_only=True):
     prices: list[PriceConfig] | None = None
     alerts: AlertsConfig = AlertsConfig()
     gpu: GpuConfig = GpuConfig()
+    context: ContextConfig = ContextConfig()
     # Header a client may send to force a target by name (cloud targets still obey budgets).
     override_header: str = "x-aibox-target"
 
@@ -331,6 +348,7 @@ def _cross_check(cfg: RouterConfig) -> list[str]:
     """Checks that span several keys: references between sections, thresholds, expressions."""
     from . import rules as rules_mod  # local import: rules imports config types
     from .config_checks import value_problems
+    from .context import context_problems
     from .pricing import find_price
 
     problems: list[str] = value_problems(cfg)
@@ -408,4 +426,5 @@ def _cross_check(cfg: RouterConfig) -> list[str]:
         if backend is not None and backend.is_cloud and find_price(prices, target.model) is None:
             problems.append(f"targets.{name}.model: no entry in prices matches cloud model "
                             f"{target.model!r}; add a prices entry whose prefix matches it")
+    problems += context_problems(cfg)
     return problems

@@ -119,3 +119,24 @@ class UpstreamStatusError(RouterError):
         elif 400 <= status < 500:
             self.anthropic_type = "invalid_request_error"
         self.openai_type = self.anthropic_type
+
+
+class PromptTooLongError(InvalidRequestError):
+    """No target can hold the prompt. Worded as the Anthropic API words it ("prompt is too long:
+    N tokens > M maximum"), which Claude Code recognises and answers by offering to compact; the
+    OpenAI protocol gets its own ``context_length_exceeded`` code and wording."""
+
+    openai_code = "context_length_exceeded"
+
+    def __init__(self, tokens: int, maximum: int, detail: str = "", *, headers: dict[str, str] | None = None):
+        super().__init__(f"prompt is too long: {tokens} tokens > {maximum} maximum",
+                         headers={"x-should-retry": "false", **(headers or {})})
+        self.tokens = tokens
+        self.maximum = maximum
+        self.detail = detail
+        self.openai_message = (f"This model's maximum context length is {maximum} tokens. However, your "
+                               f"messages resulted in {tokens} tokens. Please reduce the length of the messages.")
+
+
+class StreamLimitError(UpstreamError):
+    """A local stream ran past its output cap or its wall-time limit and was ended by the router."""

@@ -10,6 +10,9 @@ Features available to rule expressions:
 ``model_class``           ``opus`` / ``sonnet`` / ``haiku`` / ``other`` from that name
 ``alias``                 target name the ``aliases`` table maps the model to, or ``none``
 ``input_tokens``          estimated input tokens (about 4 bytes of request JSON per token)
+``context_tokens``        input tokens estimated on the high side, as the context check counts
+                          them (see context.py)
+``fits_local``            the request fits the (known) context window of at least one local target
 ``max_tokens``            the request's ``max_tokens``
 ``has_tools``             the request defines tools
 ``tool_count``            how many tools it defines
@@ -117,6 +120,9 @@ class Features:
     override: str = "none"
     protocol: str = "anthropic"
     gpu: dict[str, float] = field(default_factory=dict)
+    # Set by pipeline.plan_request from the context check (context.py).
+    context_tokens: int = 0
+    fits_local: bool = True
 
     def as_namespace(self) -> dict[str, Any]:
         # A shallow copy: dataclasses.asdict deep-copies and cost ~0.1 ms per request.

@@ -19,12 +19,20 @@ import msgspec
 from .accounting import Admission, RequestRecord, Reservation
 from .backends import BackendCredentialsRejected, BackendUnavailable
 from .config import TargetConfig
+from .context import ContextVerdict, ContextWindows, Estimator, check_fit, too_long_message
 from .cost.bounds import limit_request, needs_exact_count, prompt_token_bound
-from .errors import BudgetExhaustedError, RouterError, UpstreamError, UpstreamStatusError
+from .errors import (
+    BudgetExhaustedError,
+    PromptTooLongError,
+    RouterError,
+    StreamLimitError,
+    UpstreamError,
+    UpstreamStatusError,
+)
 from .features import Features, extract_features
 from .gpu import energy_between
 from .internal import CallContext, Message, Request, StreamEvent, Usage
-from .rules import RouteDecision
+from .rules import RouteDecision, RuleTrace
 from .runtime import Runtime
 
 log = logging.getLogger("aibox_router.pipeline")
@@ -33,7 +41,8 @@ log = logging.getLogger("aibox_router.pipeline")
 class Plan:
     features: Features
     decision: RouteDecision
-    chain: list[str]  # the chosen target, then its configured fallbacks
+    chain: list[str]  # the chosen target, then its configured fallbacks, less those the prompt does not fit
+    context: ContextVerdict = field(default_factory=ContextVerdict)  # the window check of each of them
 
 
 @dataclass
@@ -90,6 +99,9 @@ class Outcome:
             asked, sent = self.max_tokens_clamped
             # The budget reserves what may be produced; a larger max_tokens was lowered to fit.
             h["x-aibox-max-tokens-clamped"] = f"{asked}->{sent}"
+        skipped = self.plan.context.header()
+        if skipped:
+            h["x-aibox-skipped"] = skipped
         return h
 
 
@@ -103,15 +115,31 @@ def plan_request(runtime: Runtime, request: Request, *, client: str, protocol: s
     gpu = runtime.gpu.features() if runtime.gpu is not None else dict(cfg.gpu.defaults_when_absent)
     features = extract_features(request, body_size=body_size, client=client, protocol=protocol,
                                 aliases=cfg.aliases, override=override, gpu=gpu)
+    windows: ContextWindows = getattr(runtime, "windows", None) or ContextWindows(cfg)
+    estimator = Estimator(request)
+    fits = {name: check_fit(cfg, windows, estimator, request, name) for name in cfg.targets}
+    features.context_tokens = estimator.input_tokens("")
+    # Only known windows count: a target whose window is unknown is not checked, nor promised.
+    features.fits_local = any(fit.fits for name, fit in fits.items()
+                              if fit.window.tokens is not None and not cfg.target_is_cloud(name))
     decision = runtime.rules.decide(features)
     if override is not None and override not in cfg.targets:
         # Not silently: the client asked for something else than what it gets.
         log.warning("client %s named unknown target %r in %s; ignored (known: %s); routed to %s by %s",
                     client, override, cfg.override_header, ", ".join(cfg.targets), decision.target, decision.rule)
     allowed = cfg.client_targets(client)
-    chain = [decision.target] + [t for t in cfg.targets[decision.target].fallback
-                                 if t != decision.target and (allowed is None or t in allowed)]
-    return Plan(features, decision, chain)
+    full_chain = [decision.target] + [t for t in cfg.targets[decision.target].fallback
+                                      if t != decision.target and (allowed is None or t in allowed)]
+    verdict = ContextVerdict({name: fits[name] for name in full_chain})
+    backends = getattr(runtime, "backends", None)
+    for name in full_chain:
+        fit = fits[name]
+        if backends is not None and fit.window.tokens is None:
+            windows.refresh_later(name, backends)
+        if not fit.fits:  # shown with the rules in route explain
+            decision.trace.append(RuleTrace(f"context:{name}", False, f"target {name} skipped: {fit.note()}"))
+    chain = [name for name in full_chain if fits[name].fits]
+    return Plan(features, decision, chain, verdict)
 
 
 def _prepare(request: Request, target: TargetConfig) -> Request:
@@ -147,8 +175,9 @@ class _Call:
         self.record = RequestRecord(
             ts=time.time(), client=f.client, rule=plan.decision.rule, target=target_name,
             backend=self.target.backend, model=self.target.model, protocol=protocol, stream=stream,
-            cloud=self.cloud, fallback=index > 0, downgraded=downgraded, task=f.task,
-            complexity=f.complexity, requested_model=f.model,
+            # A target reached because the chosen one was skipped (its window too small) is a fallback too.
+            cloud=self.cloud, fallback=index > 0 or target_name != plan.decision.target, downgraded=downgraded,
+            task=f.task, complexity=f.complexity, requested_model=f.model, skipped=plan.context.header(),
         )
         self._settled = False
 
@@ -256,6 +285,14 @@ async def _admit(runtime: Runtime, call: _Call, plan: Plan) -> Admission:
 
 async def _no_target_error(runtime: Runtime, plan: Plan, protocol: str, stream: bool,
                            refusals: list[str], failures: list[str], kinds: set[str]) -> RouterError:
+    err = await _no_target_error_of(runtime, plan, protocol, stream, refusals, failures, kinds)
+    if plan.context.skipped:
+        err.headers["x-aibox-skipped"] = plan.context.header()
+    return err
+
+
+async def _no_target_error_of(runtime: Runtime, plan: Plan, protocol: str, stream: bool,
+                              refusals: list[str], failures: list[str], kinds: set[str]) -> RouterError:
     if refusals and not failures:
         # Nothing was sent anywhere: still record the refusal, so reports show what the budget blocked.
         refused = _Call(runtime, plan, plan.chain[0], 0, False, protocol, stream)
@@ -283,6 +320,19 @@ async def _no_target_error(runtime: Runtime, plan: Plan, protocol: str, stream: 
             "operator, not a problem with your key or your request. Details: " + "; ".join(refusals + failures))
     return UpstreamError("The aibox router could not answer: no backend could take this request: "
                          + "; ".join(refusals + failures))
+
+
+async def _too_long_error(runtime: Runtime, plan: Plan, protocol: str, stream: bool) -> PromptTooLongError:
+    """No target in the chain holds the prompt: refuse before any backend is called, and record it."""
+    tokens, maximum, detail = too_long_message(plan.context)
+    err = PromptTooLongError(tokens, maximum, detail, headers={"x-aibox-skipped": plan.context.header(),
+                                                               "x-aibox-rule": plan.decision.rule})
+    first = next(iter(plan.context.fits))
+    refused = _Call(runtime, plan, first, 0, False, protocol, stream)
+    runtime.accounting.rule_started(plan.decision.rule)  # settle ends this count, as for every call
+    await refused.settle("refused", 400, f"{err.message} (estimated); {detail}")
+    log.info("refused an over-long prompt before any backend: %s", detail)
+    return err
 
 
 async def _attempts(runtime: Runtime, plan: Plan, request: Request, protocol: str, stream: bool,
@@ -331,6 +381,8 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
     """Route and answer a non-streaming request."""
     plan = plan or plan_request(runtime, request, client=client, protocol=protocol,
                                 body_size=body_size or len(str(request)), override=override)
+    if not plan.chain:
+        raise await _too_long_error(runtime, plan, protocol, False)
     failures: list[str] = []
     refusals: list[str] = []
     kinds: set[str] = set()
@@ -366,6 +418,8 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
     """
     plan = plan or plan_request(runtime, request, client=client, protocol=protocol,
                                 body_size=body_size or len(str(request)), override=override)
+    if not plan.chain:
+        raise await _too_long_error(runtime, plan, protocol, True)
     failures: list[str] = []
     refusals: list[str] = []
     kinds: set[str] = set()
@@ -387,7 +441,8 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
             await asyncio.shield(call.settle("error", 500, repr(e)))
             raise
         runtime.backend_health.call_succeeded(call.target.backend)
-        return _noted(call.outcome(plan, events=_relay(call, first, upstream), upstream=upstream), refusals, failures)
+        return _noted(call.outcome(plan, events=_relay(call, first, upstream, _stream_limits(runtime, call, request)),
+                                   upstream=upstream), refusals, failures)
     raise await _no_target_error(runtime, plan, protocol, True, refusals, failures, kinds)
 
 
@@ -398,20 +453,82 @@ def _noted(outcome: Outcome, refusals: list[str], failures: list[str]) -> Outcom
     return outcome
 
 
-async def _relay(call: _Call, first: StreamEvent, upstream: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
-    """Pass events through, noting time to first token; settle however the stream ends."""
+@dataclass
+class StreamLimits:
+    """When the router ends a local stream itself: past its output cap, or past its wall time.
+
+    A second line of defence behind the context check: a local server that ignores max_tokens, or
+    a model that has lost the thread, must not stream noise until the client gives up."""
+
+    output_tokens: int | None = None
+    deadline: float | None = None  # time.perf_counter() value
+    time_limit_s: float | None = None
+
+
+# Stream chunks of local servers carry about one token each; this much past the cap is surely over it.
+_OUTPUT_CAP_SLACK = 16
+
+
+def _stream_limits(runtime: Runtime, call: _Call, request: Request) -> StreamLimits:
+    if call.cloud:  # the cloud enforces max_tokens itself
+        return StreamLimits()
+    target = call.target
+    asked = request.get("max_tokens")
+    caps = [v for v in (asked if isinstance(asked, int) else None, target.max_output_tokens) if v]
+    time_limit = target.stream_time_limit_s or runtime.config.context.stream_time_limit_s
+    return StreamLimits(output_tokens=min(caps) if caps else None,
+                        deadline=call.started + time_limit if time_limit else None, time_limit_s=time_limit)
+
+
+async def _next_event(upstream: AsyncIterator[StreamEvent], limits: StreamLimits) -> StreamEvent:
+    if limits.deadline is None:
+        return await upstream.__anext__()
+    remaining = limits.deadline - time.perf_counter()
+    if remaining <= 0:
+        raise TimeoutError
+    async with asyncio.timeout(remaining):  # a timer handle, not a task per event as wait_for makes
+        return await upstream.__anext__()
+
+
+async def _relay(call: _Call, first: StreamEvent, upstream: AsyncIterator[StreamEvent],
+                 limits: StreamLimits | None = None) -> AsyncIterator[StreamEvent]:
+    """Pass events through, noting time to first token; settle however the stream ends.
+
+    A local stream past its output cap or wall time is ended with an error event (StreamLimitError,
+    rendered by the server in the client's protocol) and ledgered as ``error``."""
+    limits = limits or StreamLimits()
     status, http_status, error = "aborted", 499, "client closed the stream"
+    deltas = 0
     try:
         call.observe(first)
         yield first
-        async for event in upstream:
+        while True:
+            try:
+                event = await _next_event(upstream, limits)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                status, http_status = "error", 504
+                error = (f"target {call.target_name} streamed for longer than its limit of "
+                         f"{limits.time_limit_s:g} s; the router ended the stream")
+                raise StreamLimitError(error) from None
             call.observe(event)
+            if event.get("type") == "content_block_delta":
+                deltas += 1
+                if limits.output_tokens is not None and deltas > limits.output_tokens + _OUTPUT_CAP_SLACK:
+                    status, http_status = "error", 502
+                    error = (f"target {call.target_name} kept streaming past its output cap of "
+                             f"{limits.output_tokens} tokens; the router ended the stream")
+                    raise StreamLimitError(error)
             if event.get("type") == "error":
                 status, http_status = "error", 502
                 error = str((event.get("error") or {}).get("message", "upstream error event"))
             yield event
         if status != "error":
             status, http_status, error = "ok", 200, ""
+    except StreamLimitError:
+        log.warning("%s", error)
+        raise
     except BackendUnavailable as e:  # upstream died mid-stream
         status, http_status, error = "error", 502, e.reason
         raise
@@ -434,4 +551,9 @@ def explain(plan: Plan, runtime: Runtime) -> dict[str, Any]:
         "decision": {"rule": plan.decision.rule, "reason": plan.decision.reason, "target": plan.decision.target},
         "chain": [{"target": name, "backend": cfg.targets[name].backend, "model": cfg.targets[name].model,
                    "cloud": cfg.target_is_cloud(name)} for name in plan.chain],
+        "context": [{"target": name, "fits": fit.fits, "window": fit.window.tokens, "source": fit.window.source,
+                     "input_tokens": fit.input_tokens, "output_tokens": fit.output_tokens,
+                     "margin_tokens": fit.margin_tokens, "note": fit.note()}
+                    for name, fit in plan.context.fits.items()],
+        "skipped": plan.context.header(),
     }

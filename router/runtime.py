@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from .backend_health import BackendHealth
 from .backends import Backend, create_backend
 from .config import RouterConfig
+from .context import ContextWindows
 from .rules import RuleEngine
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class Runtime:
         # Outlives reloads: a backend that rejects the router's key stays down (and alerted) once.
         self.backend_health = backend_health if backend_health is not None else BackendHealth()
         self.rules = RuleEngine(config, accounting.rule_count_today)
+        self.windows = ContextWindows(config)
         self._in_flight = 0
         self._retired = False
 

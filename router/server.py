@@ -153,6 +153,7 @@ class RouterApp:
 
     async def start(self) -> None:
         self.runtime = Runtime.open(self._initial)
+        await self.runtime.windows.discover(self.runtime.backends)
         if self.keys.open:
             log.warning("no clients configured: the router accepts requests without a key")
 
@@ -173,7 +174,9 @@ class RouterApp:
                 return False
             old = self.runtime
             assert old is not None
-            self.runtime = old.successor(config)
+            new = old.successor(config)
+            await new.windows.discover(new.backends)
+            self.runtime = new
             self.keys = ClientKeys(config)
             self.probes = ProbeAccess(config)
             await old.retire()

@@ -509,8 +509,10 @@ class StreamEncoder:
 
 
 def error_body(err: RouterError) -> bytes:
-    return _encoder.encode({"error": {"message": err.message, "type": err.openai_type, "param": None,
-                                      "code": err.openai_type}})
+    code = getattr(err, "openai_code", err.openai_type)  # e.g. context_length_exceeded
+    return _encoder.encode({"error": {"message": getattr(err, "openai_message", err.message),
+                                      "type": err.openai_type, "param": "messages" if code != err.openai_type
+                                      else None, "code": code}})
 
 
 def models_list(names: list[str]) -> bytes:

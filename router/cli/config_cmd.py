@@ -6,6 +6,8 @@ import click
 
 from ..config import load_config
 from ..config_checks import config_warnings
+from ..context import config_warnings as context_warnings
+from ..context import static_window
 from ..errors import ConfigError
 from . import config_option
 from .common import default_config_path
@@ -38,7 +40,7 @@ def check(config_path: str | None, path: str | None, quiet: bool, strict: bool) 
     except ConfigError as e:
         click.echo(f"config error: {e}", err=True)
         raise SystemExit(1) from None
-    warnings = config_warnings(cfg)
+    warnings = config_warnings(cfg) + context_warnings(cfg)
     for warning in warnings:
         click.echo(f"warning: {path}: {warning}", err=True)
     if not quiet:
@@ -46,5 +48,12 @@ def check(config_path: str | None, path: str | None, quiet: bool, strict: bool) 
                    f"{len(cfg.rules)} rules, {len(cfg.clients)} clients; daily budget "
                    f"${cfg.budgets.daily_budget:.2f} in {cfg.budgets.timezone})"
                    + (f"; {len(warnings)} warning(s)" if warnings else ""))
+        click.echo("context windows:")
+        for name, target in cfg.targets.items():
+            window = static_window(cfg, name)
+            size = f"{window.tokens} tokens" if window.tokens is not None else "unknown"
+            cap = f", output cap {target.max_output_tokens}" if target.max_output_tokens else ""
+            where = "cloud" if cfg.target_is_cloud(name) else "local"
+            click.echo(f"  {name} ({where}): {size} ({window.source}){cap}")
     if strict and warnings:
         raise SystemExit(2)

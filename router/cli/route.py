@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
@@ -25,8 +26,10 @@ def route() -> None:
 @click.option("--client", default="anonymous", help="Client name to evaluate rules for.")
 @click.option("--override", default=None, help="Target named in the override header, if any.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--probe", is_flag=True,
+              help="Ask OpenAI-compatible servers for their context windows, as the daemon does at start-up.")
 def explain(config_path: str | None, request_file, protocol: str, client: str, override: str | None,
-            as_json: bool) -> None:
+            as_json: bool, probe: bool) -> None:
     """Read a request body from REQUEST_FILE (or stdin) and print which rule matches, why, and which
     backend and model would answer. Nothing is sent to any backend and nothing is recorded."""
     from .. import pipeline
@@ -46,6 +49,8 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
         raise click.ClickException(f"invalid request body: {e.message}") from None
     count_today, counts_note = _rule_counts(config)
     runtime = _DryRuntime(config, RuleEngine(config, count_today))
+    if probe:
+        asyncio.run(_probe_windows(runtime))
     try:
         plan = pipeline.plan_request(runtime, internal, client=client, protocol=protocol, body_size=len(body),
                                      override=override)
@@ -57,7 +62,8 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
         return
     f = result["features"]
     click.echo(f"request: model={f['model']} task={f['task']} complexity={f['complexity']} "
-               f"input_tokens~{f['input_tokens']} tools={f['tool_count']} thinking={f['has_thinking']}")
+               f"input_tokens~{f['input_tokens']} context_tokens<={f['context_tokens']} "
+               f"tools={f['tool_count']} thinking={f['has_thinking']} fits_local={f['fits_local']}")
     for r in result["rules"]:
         click.echo(f"  {'MATCH' if r['matched'] else 'skip '} {r['rule']}: {r['note']}")
     d = result["decision"]
@@ -66,6 +72,12 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
         label = "answers" if i == 0 else f"fallback {i}"
         cloud = " (cloud, budget permitting)" if step["cloud"] else ""
         click.echo(f"  {label}: target {step['target']} -> backend {step['backend']} model {step['model']}{cloud}")
+    if not result["chain"]:
+        click.echo("  no target can hold this prompt: the client gets 'prompt is too long' (400)")
+    for c in result["context"]:
+        click.echo(f"  context {c['target']}: {c['note']}")
+    if result["skipped"]:
+        click.echo(f"x-aibox-skipped: {result['skipped']}")
     click.echo(f"note: {counts_note}", err=True)
     sys.stdout.flush()
 
@@ -84,10 +96,15 @@ def detect_protocol(body: bytes) -> str:
         return "anthropic"
     if any(k in data for k in _OPENAI_ONLY_KEYS):
         return "openai"
+    # Only Anthropic's shape has a top-level system prompt and tools with an input_schema (Claude
+    # Code also puts role "system" messages in its list, so roles alone do not decide).
+    tools = data.get("tools") if isinstance(data.get("tools"), list) else []
+    if "system" in data or any(isinstance(t, dict) and "input_schema" in t for t in tools):
+        return "anthropic"
     messages = data.get("messages") if isinstance(data.get("messages"), list) else []
     if any(isinstance(m, dict) and m.get("role") in ("system", "developer", "tool") for m in messages):
         return "openai"
-    if any(isinstance(t, dict) and t.get("type") == "function" for t in data.get("tools") or []):
+    if any(isinstance(t, dict) and t.get("type") == "function" for t in tools):
         return "openai"
     # Anthropic's Messages API requires max_tokens; OpenAI's chat completions do not.
     return "anthropic" if "max_tokens" in data or "system" in data else "openai"
@@ -110,10 +127,25 @@ def _rule_counts(config):
     return (lambda rule: counts.get(rule, 0)), f"daily_limit counts read from the ledger for {day}"
 
 
+async def _probe_windows(runtime: _DryRuntime) -> None:
+    from ..backends import create_backend
+
+    backends = {name: create_backend(name, bc) for name, bc in runtime.config.backends.items()
+                if bc.type == "openai"}
+    try:
+        await runtime.windows.discover(backends)
+    finally:
+        for backend in backends.values():
+            await backend.aclose()
+
+
 class _DryRuntime:
     """Just enough of a Runtime for planning: no backends, no ledger, no GPU."""
 
     def __init__(self, config, rules):
+        from ..context import ContextWindows
+
         self.config = config
         self.rules = rules
         self.gpu = None
+        self.windows = ContextWindows(config)

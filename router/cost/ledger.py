@@ -74,6 +74,7 @@ class LedgerRow:
     web_search_requests: int = 0
     speed: str = ""
     inference_geo: str = ""
+    skipped: str = ""  # targets passed over because the prompt did not fit their window
     id: int | None = None  # assigned by the store
 
     @classmethod
@@ -91,6 +92,7 @@ class LedgerRow:
             task=record.task, complexity=record.complexity, error=record.error[:2000],
             energy_j=record.energy_j, requested_model=record.requested_model,
             web_search_requests=u.web_search_requests, speed=u.speed or "", inference_geo=u.inference_geo or "",
+            skipped=record.skipped,
         )
 
 
@@ -248,6 +250,12 @@ def _v2_billing_modes(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE requests ADD COLUMN web_search_requests INTEGER NOT NULL DEFAULT 0")
     conn.execute("ALTER TABLE requests ADD COLUMN speed TEXT NOT NULL DEFAULT ''")
     conn.execute("ALTER TABLE requests ADD COLUMN inference_geo TEXT NOT NULL DEFAULT ''")
+
+
+@_migration
+def _v3_context_skips(conn: sqlite3.Connection) -> None:
+    # Which targets a request passed over because its prompt did not fit their context window.
+    conn.execute("ALTER TABLE requests ADD COLUMN skipped TEXT NOT NULL DEFAULT ''")
 
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -9,7 +9,12 @@ documented API (docs/api.md in the Ollama repository):
   ``function.arguments`` as an object); the final object has ``done: true``, ``done_reason``
   (``stop``/``length``), durations in nanoseconds, ``prompt_eval_count`` and ``eval_count``;
 * an unknown model is ``404 {"error": "model \\"x\\" not found, try pulling it first"}``;
-* ``GET /api/version``, ``GET /api/tags``, ``GET /api/ps``, ``POST /api/show``.
+* ``GET /api/version``, ``GET /api/tags``, ``GET /api/ps``, ``POST /api/show``;
+* the context window is ``options.num_ctx`` (``DEFAULT_NUM_CTX`` when a request sets none, as
+  Ollama's ``OLLAMA_CONTEXT_LENGTH`` default). A prompt longer than that is truncated, not refused:
+  Ollama keeps the tail that fits and answers anyway, so ``prompt_eval_count`` never exceeds
+  ``num_ctx``. The prompt counted is the rendered one: every message plus the tool definitions.
+  Each request's verdict is kept in ``truncated`` so tests can prove none was cut.
 
 Tests script replies (``reply_text`` / ``reply_tool_calls`` / ``enqueue``), read what was sent
 (``requests``), make it fail (``fail_next``), or get a URL where nothing listens
@@ -37,6 +42,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 VERSION = "0.12.6"
+DEFAULT_NUM_CTX = 4096  # Ollama's default context length when a request does not set num_ctx
 
 
 @dataclass
@@ -62,12 +68,21 @@ def _count_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """Tokens of the prompt Ollama would render: messages with role markers, and the tools."""
+    rendered = "".join(f"<|{m.get('role')}|>{m.get('content', '')}" for m in body.get("messages") or [])
+    if body.get("tools"):
+        rendered += json.dumps(body["tools"])
+    return _count_tokens(rendered)
+
+
 class FakeOllama:
     """The fake server; use as a context manager (``with FakeOllama() as fake: fake.url``)."""
 
     def __init__(self, models: list[str] | None = None, *, host: str = "127.0.0.1", port: int = 0):
         self.models = list(models or ["qwen2.5-coder:7b"])
         self.requests: list[dict[str, Any]] = []  # bodies of /api/chat requests, in order
+        self.truncated: list[bool] = []  # per /api/chat request: did its prompt exceed num_ctx?
         self.loaded: dict[str, dict[str, Any]] = {}  # model -> what /api/ps shows
         self._replies: deque[Reply] = deque()
         self._host, self._port = host, port
@@ -192,23 +207,25 @@ class FakeOllama:
         last = next((m.get("content", "") for m in reversed(body["messages"]) if m.get("role") == "user"), "")
         return f"You said: {last}"
 
-    @staticmethod
-    def _final(model: str, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        prompt_text = "".join(str(m.get("content", "")) for m in body["messages"])
+    def _final(self, model: str, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+        num_ctx = (body.get("options") or {}).get("num_ctx") or DEFAULT_NUM_CTX
+        prompt = prompt_tokens(body)
+        self.truncated.append(prompt > num_ctx)
         output_text = reply.text + json.dumps(reply.tool_calls) if reply.tool_calls else reply.text
         final: dict[str, Any] = {"model": model, "created_at": _now(), "done": True,
                                  "done_reason": reply.done_reason, "total_duration": 5_000_000,
                                  "load_duration": 1_000_000, "prompt_eval_duration": 1_000_000,
                                  "eval_duration": 3_000_000}
         if reply.prompt_eval_count is not None:
+            # Truncated to the window, as Ollama does: it evaluates only the part it kept.
             final["prompt_eval_count"] = (reply.prompt_eval_count if reply.prompt_eval_count >= 0
-                                          else _count_tokens(prompt_text))
+                                          else min(prompt, num_ctx))
         if reply.eval_count is not None:
             final["eval_count"] = reply.eval_count if reply.eval_count >= 0 else _count_tokens(output_text)
         return final
 
     def _mark_loaded(self, model: str, body: dict[str, Any]) -> None:
-        num_ctx = (body.get("options") or {}).get("num_ctx", 4096)
+        num_ctx = (body.get("options") or {}).get("num_ctx") or DEFAULT_NUM_CTX
         self.loaded[model] = {
             "name": model, "model": model, "size": 5_000_000_000, "size_vram": 5_000_000_000,
             "digest": "0" * 64, "context_length": num_ctx,

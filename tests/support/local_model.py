@@ -54,16 +54,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_llama_server(port: int | None = None, alias: str = "smollm2",
-                       timeout_s: float = 120.0) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start the server; return (base URL including /v1, process) once ``/v1/models`` answers."""
+def start_llama_server(port: int | None = None, alias: str = "smollm2", timeout_s: float = 120.0,
+                       n_ctx: int = 8192) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start the server with an *n_ctx*-token context; return (base URL including /v1, process) once
+    ``/v1/models`` answers."""
     check_installed()
     port = port or free_port()
     # Output goes to a file, not a pipe: a pipe nobody reads would fill up and stall the server.
     log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         [str(venv_python()), "-m", "llama_cpp.server", "--model", str(model_path()),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192", "--model_alias", alias],
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--model_alias", alias],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_PROXY": "127.0.0.1,localhost"},
     )
     url = f"http://127.0.0.1:{port}/v1"
