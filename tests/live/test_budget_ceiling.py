@@ -39,7 +39,8 @@ def config(anthropic_url: str, ollama_url: str, cap: int | None) -> dict:
         "backends": {"cloud": {"type": "anthropic", "base_url": anthropic_url, "api_key_env": "CEILING_TEST_KEY"},
                      "ollama": {"type": "ollama", "base_url": ollama_url}},
         "targets": {"opus": {"backend": "cloud", "model": "claude-opus-4-6", "fallback": ["local"]},
-                    "local": {"backend": "ollama", "model": "qwen2.5-coder:7b"}},
+                    # a window that holds the turn, so a budget refusal can fall back to it
+                    "local": {"backend": "ollama", "model": "qwen2.5-coder:7b", "num_ctx": 131072}},
         "default_target": "opus",
         "budgets": budgets,
         "gpu": {"enabled": False},
