@@ -203,6 +203,136 @@ def test_budget_change_reloads_router(converged, playbook, testhost):
     assert "15.00" in show.stdout, show.stdout
 
 
+def test_first_converge_reports_the_model_loads(converged):
+    """After the pulls, every pulled or built model is loaded once and reported (issue 16, item 4)."""
+    rc, out, _ = converged
+    assert rc == 0, "first converge failed"
+    flat = " ".join(out.split())
+    assert "Model loads (first load after the pull" in flat, "no load report in converge-1.log"
+    for name in ("qwen2.5-coder:0.5b", "qwen2.5:0.5b", "qwen2.5-coder-32k"):
+        line = re.search(rf"'{re.escape(name)}: loaded in ([0-9.]+) s .{{0,300}}? in VRAM \((\d+)% GPU", flat)
+        assert line, f"no load line for {name} in converge-1.log"
+        # The stand-in, like Ollama on a box without a GPU, holds the model in RAM only.
+        assert line.group(2) == "0"
+
+
+# -- preflights (issue 16) --------------------------------------------------------------------------
+# Each run below must stop in the preflight play, before any role changes the converged host.
+
+SMALL_STORE = "/srv/aibox-small-store"
+
+
+@pytest.fixture()
+def small_store(converged, testhost):
+    """A 64 MiB tmpfs on the test host holding the converged store's manifests, used as the model
+    store of a run that would pull a 40 GB model."""
+    assert converged[0] == 0, "first converge failed"
+    testhost.run(f"mkdir -p {SMALL_STORE} && mount -t tmpfs -o size=64m aibox-small-store {SMALL_STORE}", check=True)
+    # The converged store's manifests: its models count as present, only new ones as to pull.
+    testhost.run(f"cp -a /var/lib/ollama/models/manifests {SMALL_STORE}/", check=True)
+    try:
+        yield SMALL_STORE
+    finally:
+        testhost.run(f"umount {SMALL_STORE}; rmdir {SMALL_STORE}")
+
+
+BIG_MODELS = {"models_list": [{"name": "qwen2.5:0.5b", "size_gb": 0.4},
+                              {"name": "llama3.3:70b", "role": "too big", "size_gb": 40}]}
+
+
+def _assert_refused_for_disk_space(rc: int, out: str, store: str) -> None:
+    assert rc != 0, "the run went on with a model store too small for the pulls"
+    flat = " ".join(out.split())
+    assert "Not enough disk space for the model pulls." in flat
+    # Names the models (the one present is not counted), space needed and free, and the variable.
+    assert "To pull: llama3.3:70b (~40 GB)." in flat, flat[-3000:]
+    assert "qwen2.5:0.5b (~" not in flat.split("Not enough disk space", 1)[1].split("Free space there")[0]
+    needed = re.search(r"They need ([0-9.]+) GB \(40\.0 GB x margin 1\.2 \+ 10 GB left for the OS\)", flat)
+    assert needed and float(needed.group(1)) == 58.0, flat[-3000:]
+    free = re.search(rf"on the filesystem of {re.escape(store)} \(mounted at {re.escape(store)}\), "
+                     r"which has ([0-9.]+) GB free", flat)
+    assert free and float(free.group(1)) <= 0.1, flat[-3000:]
+    assert "move the model store to a larger disk with ollama_models_dir" in flat
+    recap = parse_recap(out)["aibox"]
+    assert recap["changed"] == 0 and recap["failed"] == 1
+    assert "PLAY [Preflight]" in out and "PLAY [NVIDIA driver and CUDA]" not in out, "refused only after the preflight play"
+
+
+def test_disk_preflight_refuses_a_store_that_is_too_small(small_store, playbook, testhost):
+    extra = {**BIG_MODELS, "ollama_models_dir": small_store}
+    rc, out, _ = playbook("site.yml", "preflight-disk.log", extra, timeout=300)
+    _assert_refused_for_disk_space(rc, out, small_store)
+    # The memory check (run before the disk check) warns about the same model exactly when it does
+    # not fit: no GPU here, so all 40 GB would sit in RAM beside 4 GB kept for the OS and the router.
+    ram_kib = int(testhost.run("awk '/^MemTotal:/ {print $2}' /proc/meminfo", check=True).stdout)
+    warned = "llama3.3:70b (~40 GB) does not fit: there is no GPU, so all of it is offloaded to system RAM"
+    assert (warned in " ".join(out.split())) == (40 > ram_kib / 1024 / 1024 - 4), out[-3000:]
+    assert "qwen2.5:0.5b (~0.4 GB) does not fit" not in out
+
+
+def test_disk_preflight_refuses_in_check_mode_too(small_store, playbook):
+    extra = {**BIG_MODELS, "ollama_models_dir": small_store}
+    rc, out, _ = playbook("site.yml", "preflight-disk-check.log", extra, timeout=300, options=("--check",))
+    _assert_refused_for_disk_space(rc, out, small_store)
+
+
+def _source_failure_seconds(out: str) -> float:
+    gave_up = re.search(r"gave up after ([0-9.]+) s", " ".join(out.split()))
+    assert gave_up, "the failure does not say how long the check waited"
+    return float(gave_up.group(1))
+
+
+def test_unreachable_model_source_fails_fast_and_names_the_url(converged, playbook):
+    assert converged[0] == 0, "first converge failed"
+    url = "http://127.0.0.1:9"  # a closed port on the test host's own loopback
+    extra = {"models_registry_url": url,
+             "models_list": [{"name": "qwen2.5:0.5b", "size_gb": 0.4}, {"name": "phi3:mini", "size_gb": 2.2}]}
+    rc, out, secs = playbook("site.yml", "preflight-source.log", extra, timeout=300)
+    flat = " ".join(out.split())
+    assert rc != 0
+    assert f"The model source {url} did not answer from aibox within 5 s" in flat, flat[-3000:]
+    assert "so pulling phi3:mini would fail" in flat
+    assert "ollama_models_dir" in flat and "Air-gapped install" in flat  # the alternative
+    assert _source_failure_seconds(out) < 10
+    assert parse_recap(out)["aibox"]["changed"] == 0
+    _say(f"unreachable model source: refused after {_source_failure_seconds(out)} s (whole run {secs:.0f} s)")
+
+
+def test_unreachable_release_mirror_fails_fast_and_names_the_url(converged, playbook):
+    assert converged[0] == 0, "first converge failed"
+    mirror = "http://127.0.0.1:9/ollama-mirror"
+    rc, out, secs = playbook("site.yml", "preflight-release.log", {"ollama_download_base_url": mirror}, timeout=300)
+    flat = " ".join(out.split())
+    assert rc != 0
+    assert f"The Ollama release source {mirror}/sha256sum.txt did not answer from aibox within 5 s" in flat
+    assert "ollama_download_base_url: /that/directory" in flat  # the air-gapped alternative
+    assert _source_failure_seconds(out) < 10
+    assert parse_recap(out)["aibox"]["changed"] == 0
+    _say(f"unreachable release mirror: refused after {_source_failure_seconds(out)} s (whole run {secs:.0f} s)")
+
+
+def test_ollama_on_a_lan_address_is_refused_unless_intended(converged, playbook):
+    assert converged[0] == 0, "first converge failed"
+    rc, out, _ = playbook("playbooks/preflight.yml", "preflight-bind.log", {"ollama_host": "0.0.0.0"}, timeout=300)
+    assert rc != 0
+    assert "ollama_host is 0.0.0.0, which is not a loopback address" in " ".join(out.split())
+    rc, out, _ = playbook("playbooks/preflight.yml", "preflight-bind-intended.log",
+                          {"ollama_host": "0.0.0.0", "ollama_listen_beyond_loopback": True}, timeout=300)
+    assert rc == 0, "an intended non-loopback address was refused; see preflight-bind-intended.log"
+
+
+def test_diff_never_shows_client_keys(converged, playbook):
+    """A new client key changes the config; --check --diff must not print it (or any other key)."""
+    assert converged[0] == 0, "first converge failed"
+    new_key = "rotated-client-key-fedcba9876543210"
+    clients = [{"name": "claude-code", "key": new_key}]
+    rc, out, _ = playbook("site.yml", "diff-keys.log", {"router_clients": clients}, timeout=900,
+                          options=("--check", "--diff", "--tags", "router_configure"))
+    assert rc == 0, "site.yml --check --diff failed; see .cache/provision-logs/diff-keys.log"
+    assert "Write the router config" in out
+    assert new_key not in out and "test-client-key-0123456789abcdef" not in out
+
+
 def test_air_gapped_upgrade_from_files_on_the_controller(converged, playbook, testhost, tmp_path):
     """Last on purpose (it upgrades Ollama): a release given as a directory on the controller is
     checked against its sha256sum.txt, unpacked into its own versioned directory, the symlink moves,

@@ -58,6 +58,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+KEEP_ALIVE_S = 300  # Ollama's default keep_alive (5m)
+
+
+def _expires(loaded_at: float) -> str:
+    when = datetime.fromtimestamp(loaded_at + KEEP_ALIVE_S, UTC)
+    return when.isoformat().replace("+00:00", "Z")
+
+
 def _read_models() -> list[dict]:
     root = _models_dir() / "manifests" / "registry.ollama.ai"
     out = []
@@ -166,10 +174,13 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/api/tags":
             self._json(200, {"models": _read_models()})
         elif self.path == "/api/ps":
+            # Like Ollama on a box without a GPU: every loaded model sits in RAM (size_vram 0).
             with _lock:
-                names = list(_loaded)
-            models = [dict(m, size_vram=m.get("size", 0), expires_at=_now())
-                      for m in _read_models() if m["name"] in names]
+                loaded = dict(_loaded)
+            models = [{"name": m["name"], "model": m["model"], "size": m.get("size", 0), "digest": m["digest"],
+                       "details": m["details"], "expires_at": _expires(loaded[m["name"]]), "size_vram": 0,
+                       "context_length": 4096}
+                      for m in _read_models() if m["name"] in loaded]
             self._json(200, {"models": models})
         else:
             self._json(404, {"error": "not found"})
@@ -257,8 +268,16 @@ class Handler(BaseHTTPRequestHandler):
         name = self._model_arg(body)
         if not name or _find(name) is None:
             return self._json(404, {"error": f"model '{name}' not found, try pulling it first"})
+        started = time.monotonic()
         with _lock:
             _loaded[_normalise(name)] = time.time()
+        if (not chat and not body.get("prompt")) or (chat and not body.get("messages")):
+            # Ollama answers an empty prompt (or message list) by only loading the model.
+            load_ns = int((time.monotonic() - started) * 1e9)
+            rec = {"model": name, "created_at": _now(), "done": True, "done_reason": "load",
+                   "total_duration": load_ns, "load_duration": load_ns}
+            rec.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
+            return self._json(200, rec)
         prompt_tokens, out_tokens = self._usage(body, "messages" if chat else "prompt")
         final = {"model": name, "created_at": _now(), "done": True, "done_reason": "stop",
                  "total_duration": 1_000_000, "load_duration": 1000,
