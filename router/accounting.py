@@ -57,6 +57,8 @@ class RequestRecord:
     complexity: int = 0
     error: str = ""
     energy_j: float | None = None  # GPU energy used while serving (local targets, NVML counter)
+    route: str = ""  # the route policy of the user turn (features.route)
+    route_source: str = ""  # "embedding", or "keyword" when the embedding backend did not answer
 
 
 class Accounting(Protocol):

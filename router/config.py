@@ -73,6 +73,33 @@ class RuleConfig(_Base, kw_only=True):
     daily_limit: int | None = None  # requests per day this rule may send; past it, the next rule matches
 
 
+class RouteConfig(_Base, kw_only=True):
+    """A route policy in plain words: what kind of work it is, shown by example prompts."""
+
+    name: str
+    description: str  # one line; shown by route explain and given to the judge
+    examples: list[str]  # 10 to 30 prompts of this kind, written for this team
+    target: str | None = None  # shorthand for a rule `route == "<name>"` placed after all rules
+    # Keyword tasks (features.TASKS) that stand for this route when no embedding backend answers.
+    keyword_tasks: list[str] = []
+
+
+class EmbeddingsConfig(_Base, kw_only=True):
+    backend: str  # a backend of type ollama (/api/embed) or openai (/v1/embeddings)
+    model: str = "all-minilm"
+    # A new turn waits at most this long for its embedding, then falls back to keyword routing.
+    timeout_ms: int = 300
+
+
+class RoutingConfig(_Base, kw_only=True):
+    """How the semantic route classifier runs; see docs/routing.md."""
+
+    embeddings: EmbeddingsConfig | None = None
+    top_k: int = 3  # a route's score: mean cosine similarity of its top_k nearest examples
+    turn_cache_size: int = 4096  # user turns whose decision is remembered (the tool loop reuses it)
+    turn_ttl_s: float = 3600.0  # a turn's decision is forgotten after this long
+
+
 class PriceConfig(_Base, kw_only=True):
     """USD per million tokens for models whose name starts with ``prefix``."""
 
@@ -134,6 +161,8 @@ class RouterConfig(_Base, kw_only=True):
     targets: dict[str, TargetConfig]
     aliases: dict[str, str] = {}  # requested-model glob -> target name
     rules: list[RuleConfig] = []
+    routes: list[RouteConfig] = []
+    routing: RoutingConfig = RoutingConfig()
     default_target: str
     budgets: BudgetConfig = BudgetConfig()
     prices: list[PriceConfig] = []
@@ -230,6 +259,7 @@ def _cross_check(cfg: RouterConfig) -> list[str]:
     """Checks that span several keys: references between sections, thresholds, expressions."""
     from . import rules as rules_mod  # local import: rules imports config types
     from .pricing import find_price
+    from .route_policies import route_problems
 
     problems: list[str] = []
     for name, target in cfg.targets.items():
@@ -265,6 +295,7 @@ def _cross_check(cfg: RouterConfig) -> list[str]:
             problems.append(f"rules[{i}].when: {err}")
         if rule.daily_limit is not None and rule.daily_limit < 0:
             problems.append(f"rules[{i}].daily_limit: expected a number >= 0, found {rule.daily_limit}")
+    problems += route_problems(cfg)
     seen_clients: set[str] = set()
     for i, client in enumerate(cfg.clients):
         if client.name in seen_clients:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .accounting import Admission, RequestRecord, Reservation
 from .backends import BackendUnavailable
+from .classifier import RouteMatch, user_turn_text
 from .config import TargetConfig
 from .errors import BudgetExhaustedError, RouterError, UpstreamError, UpstreamStatusError
 from .features import Features, extract_features
@@ -23,6 +24,7 @@ from .gpu import energy_between
 from .internal import CallContext, Message, Request, StreamEvent
 from .rules import RouteDecision
 from .runtime import Runtime
+from .turns import turn_key
 
 log = logging.getLogger("aibox_router.pipeline")
 
@@ -31,6 +33,8 @@ class Plan:
     features: Features
     decision: RouteDecision
     chain: list[str]  # the chosen target, then its configured fallbacks
+    match: RouteMatch = field(default_factory=RouteMatch)
+    reused: bool = False  # the decision of an earlier request of the same user turn
 
 
 @dataclass
@@ -53,14 +57,17 @@ class Outcome:
 
     def headers(self) -> dict[str, str]:
         h = {"x-aibox-target": self.target, "x-aibox-backend": self.backend, "x-aibox-model": self.model,
-             "x-aibox-rule": self.plan.decision.rule, "x-aibox-fallback": "true" if self.fallback else "false"}
+             "x-aibox-rule": self.plan.decision.rule, "x-aibox-fallback": "true" if self.fallback else "false",
+             "x-aibox-route": self.plan.features.route}
         if self.downgraded:
             h["x-aibox-downgraded"] = "true"
         return h
 
 
 def plan_request(runtime: Runtime, request: Request, *, client: str, protocol: str, body_size: int,
-                 override: str | None = None) -> Plan:
+                 override: str | None = None, match: RouteMatch | None = None,
+                 decision: RouteDecision | None = None) -> Plan:
+    """Features and decision for one request; *match* is the turn's route, *decision* a reused one."""
     cfg = runtime.config
     model = str(request.get("model") or "")
     # Asking for a target by name (e.g. "coder" from an OpenAI client) works like the override header.
@@ -69,9 +76,36 @@ def plan_request(runtime: Runtime, request: Request, *, client: str, protocol: s
     gpu = runtime.gpu.features() if runtime.gpu is not None else dict(cfg.gpu.defaults_when_absent)
     features = extract_features(request, body_size=body_size, client=client, protocol=protocol,
                                 aliases=cfg.aliases, override=override, gpu=gpu)
-    decision = runtime.rules.decide(features)
+    match = match or RouteMatch()
+    features.route, features.route_score = match.route, match.score
+    features.route_margin, features.route_source = match.margin, match.source
+    reused = decision is not None and override is None
+    if not reused:
+        decision = runtime.rules.decide(features)
+    assert decision is not None
     chain = [decision.target] + [t for t in cfg.targets[decision.target].fallback if t != decision.target]
-    return Plan(features, decision, chain)
+    return Plan(features, decision, chain, match, reused)
+
+
+async def plan_turn(runtime: Runtime, request: Request, *, client: str, protocol: str, body_size: int,
+                    override: str | None = None) -> Plan:
+    """Plan a request, deciding once per user turn (see turns.py): a new turn is classified and
+    decided, later requests of the same turn reuse that decision."""
+    text = user_turn_text(request)
+    model = str(request.get("model") or "")
+    key = turn_key(client, model, text)
+    forced = override is not None or model in runtime.config.targets
+    if not forced:
+        hit = runtime.turns.get(key)
+        if hit is not None:
+            return plan_request(runtime, request, client=client, protocol=protocol, body_size=body_size,
+                                match=hit.match, decision=hit.decision)
+    match = await runtime.classifier.classify(text)
+    plan = plan_request(runtime, request, client=client, protocol=protocol, body_size=body_size,
+                        override=override, match=match)
+    if plan.decision.rule != "override":
+        runtime.turns.put(key, match, plan.decision)
+    return plan
 
 
 def _prepare(request: Request, target: TargetConfig) -> Request:
@@ -103,7 +137,7 @@ class _Call:
             ts=time.time(), client=f.client, rule=plan.decision.rule, target=target_name,
             backend=self.target.backend, model=self.target.model, protocol=protocol, stream=stream,
             cloud=self.cloud, fallback=index > 0, downgraded=downgraded, task=f.task,
-            complexity=f.complexity,
+            complexity=f.complexity, route=f.route, route_source=f.route_source,
         )
         self._settled = False
 
@@ -193,8 +227,8 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
                    forward_headers: dict[str, str] | None = None, override: str | None = None,
                    body_size: int | None = None, plan: Plan | None = None) -> Outcome:
     """Route and answer a non-streaming request."""
-    plan = plan or plan_request(runtime, request, client=client, protocol=protocol,
-                                body_size=body_size or len(str(request)), override=override)
+    plan = plan or await plan_turn(runtime, request, client=client, protocol=protocol,
+                                   body_size=body_size or len(str(request)), override=override)
     failures: list[str] = []
     refusals: list[str] = []
     async for call in _attempts(runtime, plan, request, protocol, False, refusals, forward_headers):
@@ -225,8 +259,8 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
     Falling back is only possible before that first event: afterwards the client has seen part of
     an answer. The returned ``Outcome.events`` must be iterated to the end or closed.
     """
-    plan = plan or plan_request(runtime, request, client=client, protocol=protocol,
-                                body_size=body_size or len(str(request)), override=override)
+    plan = plan or await plan_turn(runtime, request, client=client, protocol=protocol,
+                                   body_size=body_size or len(str(request)), override=override)
     failures: list[str] = []
     refusals: list[str] = []
     async for call in _attempts(runtime, plan, request, protocol, True, refusals, forward_headers):
@@ -282,6 +316,7 @@ def explain(plan: Plan, runtime: Runtime) -> dict[str, Any]:
     cfg = runtime.config
     return {
         "features": plan.features.as_namespace(),
+        "route": {**plan.match.as_dict(), "reused_turn_decision": plan.reused},
         "rules": [{"rule": t.rule, "matched": t.matched, "note": t.note} for t in plan.decision.trace],
         "decision": {"rule": plan.decision.rule, "reason": plan.decision.reason, "target": plan.decision.target},
         "chain": [{"target": name, "backend": cfg.targets[name].backend, "model": cfg.targets[name].model,

@@ -57,7 +57,7 @@ class RuleTrace:
 @dataclass
 class RouteDecision:
     target: str
-    rule: str  # the rule that matched, "override", "alias:<glob>" or "default"
+    rule: str  # the rule that matched, "override", "route:<name>", "alias:<glob>" or "default"
     reason: str
     trace: list[RuleTrace] = field(default_factory=list)
 
@@ -74,6 +74,8 @@ class RuleEngine:
         # All conditions as one list expression: one template render per request instead of one per
         # rule (each render costs ~15 us). Each part was validated on its own at config load.
         self._all = compile_expression("[" + ", ".join(f"({r.when})" for r in config.rules) + "]")
+        # A route's own target acts as a rule `route == "<name>"` after all the rules.
+        self._route_targets = {r.name: r.target for r in config.routes if r.target}
 
     def _evaluate(self, namespace: dict[str, Any]) -> list[Any]:
         """Each rule's condition value, or the exception it raised (one bad rule spoils no other)."""
@@ -113,6 +115,10 @@ class RuleEngine:
                     continue
             trace.append(RuleTrace(rule.name, True, f"condition true: {rule.when}"))
             return RouteDecision(rule.target, rule.name, f"rule {rule.name!r}: {rule.when}", trace)
+        route_target = self._route_targets.get(features.route)
+        if route_target is not None:
+            return RouteDecision(route_target, f"route:{features.route}",
+                                 f"no rule matched; route {features.route!r} has target {route_target!r}", trace)
         if features.alias != "none":
             return RouteDecision(features.alias, f"alias:{features.model}",
                                  f"no rule matched; aliases map {features.model!r} to {features.alias!r}", trace)

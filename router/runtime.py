@@ -12,8 +12,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from .backends import Backend, create_backend
+from .classifier import RouteClassifier
 from .config import RouterConfig
 from .rules import RuleEngine
+from .turns import TurnCache
 
 if TYPE_CHECKING:
     from .cost import CostControl
@@ -30,6 +32,10 @@ class Runtime:
         self.accounting = accounting
         self.gpu = gpu
         self.rules = RuleEngine(config, accounting.rule_count_today)
+        # Route examples are embedded once per config load, in the background (keywords meanwhile).
+        self.classifier = RouteClassifier(config, cache_dir=config.server.state_dir)
+        self.classifier.prepare_soon()
+        self.turns = TurnCache(config.routing.turn_cache_size, config.routing.turn_ttl_s)
         self._in_flight = 0
         self._retired = False
 
@@ -60,6 +66,7 @@ class Runtime:
             await self._close_backends()
 
     async def _close_backends(self) -> None:
+        await self.classifier.aclose()
         for backend in self.backends.values():
             try:
                 await backend.aclose()

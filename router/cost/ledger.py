@@ -70,6 +70,8 @@ class LedgerRow:
     complexity: int = 0
     error: str = ""
     energy_j: float | None = None
+    route: str = ""
+    route_source: str = ""
     id: int | None = None  # assigned by the store
 
     @classmethod
@@ -85,7 +87,7 @@ class LedgerRow:
             latency_ms=record.latency_ms, ttft_ms=record.ttft_ms, status=record.status,
             http_status=record.http_status, fallback=record.fallback, downgraded=record.downgraded,
             task=record.task, complexity=record.complexity, error=record.error[:2000],
-            energy_j=record.energy_j,
+            energy_j=record.energy_j, route=record.route, route_source=record.route_source,
         )
 
 
@@ -234,6 +236,14 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
             ts REAL NOT NULL,
             PRIMARY KEY (day, kind)
         )""")
+
+
+@_migration
+def _v2_route(conn: sqlite3.Connection) -> None:
+    # Which route policy a request's turn matched, and whether the embedding classifier or the
+    # keyword fallback said so (route eval and reports compare them).
+    conn.execute("ALTER TABLE requests ADD COLUMN route TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE requests ADD COLUMN route_source TEXT NOT NULL DEFAULT ''")
 
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -190,7 +190,7 @@ def test_migration_hook_runs_new_steps_once(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(mod, "_MIGRATIONS", [*mod._MIGRATIONS, v2])
     led = SqliteLedger(path)
     assert calls == [1]
-    assert led._conn().execute("PRAGMA user_version").fetchone()[0] == 2
+    assert led._conn().execute("PRAGMA user_version").fetchone()[0] == mod.SCHEMA_VERSION + 1
     led.close()
     SqliteLedger(path).close()
     assert calls == [1]
