@@ -95,7 +95,6 @@ class RoutingConfig(_Base, kw_only=True):
     """How the semantic route classifier runs; see docs/routing.md."""
 
     embeddings: EmbeddingsConfig | None = None
-    top_k: int = 3  # a route's score: mean cosine similarity of its top_k nearest examples
     turn_cache_size: int = 4096  # user turns whose decision is remembered (the tool loop reuses it)
     turn_ttl_s: float = 3600.0  # a turn's decision is forgotten after this long
 

@@ -60,8 +60,6 @@ def route_problems(cfg: RouterConfig) -> list[str]:
                             "which serves no embeddings; expected an ollama or openai backend")
         if not 10 <= emb.timeout_ms <= 60_000:
             problems.append(f"routing.embeddings.timeout_ms: expected 10 to 60000, found {emb.timeout_ms}")
-    if cfg.routing.top_k < 1:
-        problems.append(f"routing.top_k: expected >= 1, found {cfg.routing.top_k}")
     if cfg.routing.turn_cache_size < 0:
         problems.append(f"routing.turn_cache_size: expected >= 0, found {cfg.routing.turn_cache_size}")
     return problems
