@@ -204,14 +204,24 @@ class RouteClassifier:
         except RuntimeError:  # no running loop (a synchronous caller): the next async call retries
             pass
 
+    async def _wait_for_examples(self) -> bool:
+        """Right after a (re)load the examples may still be embedding: wait up to the turn's timeout."""
+        self.prepare_soon()
+        task = self._background
+        if task is None or self.client is None:
+            return self.matrix is not None
+        try:
+            return bool(await asyncio.wait_for(asyncio.shield(task), self.client.timeout_s))
+        except TimeoutError:
+            return False
+
     async def classify(self, text: str) -> RouteMatch:
         started = time.perf_counter()
         if not self.routes:
             return RouteMatch(elapsed_ms=(time.perf_counter() - started) * 1000)
         if self.client is None:
             match = self.keyword_match(text, "no embedding backend configured (routing.embeddings)")
-        elif self.matrix is None:
-            self.prepare_soon()
+        elif self.matrix is None and not await self._wait_for_examples():
             match = self.keyword_match(text, self._failure)
         elif not text:
             match = self.keyword_match(text, "the turn has no text of the user's own")
