@@ -256,9 +256,13 @@ class RouteClassifier:
         return RouteMatch(route=best, score=best_score, margin=margin, source="embedding",
                           scores=dict(ranked), nearest=nearest)
 
+    def route_for_task(self, task: str) -> str:
+        """The first route whose ``keyword_tasks`` list *task*, or ``none``."""
+        return self._task_route.get(task, "none")
+
     def keyword_match(self, text: str, reason: str) -> RouteMatch:
         task = classify_task(text)
-        route = self._task_route.get(task, "none")
+        route = self.route_for_task(task)
         return RouteMatch(route=route, source="keyword",
                           note=f"{reason}; keyword task {task!r} -> route {route!r}")
 

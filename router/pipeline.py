@@ -22,6 +22,7 @@ from .errors import BudgetExhaustedError, RouterError, UpstreamError, UpstreamSt
 from .features import Features, extract_features
 from .gpu import energy_between
 from .internal import CallContext, Message, Request, StreamEvent
+from .judge import consult
 from .rules import RouteDecision
 from .runtime import Runtime
 from .turns import turn_key
@@ -101,6 +102,8 @@ async def plan_turn(runtime: Runtime, request: Request, *, client: str, protocol
             return plan_request(runtime, request, client=client, protocol=protocol, body_size=body_size,
                                 match=hit.match, decision=hit.decision)
     match = await runtime.classifier.classify(text)
+    if runtime.config.routing.judge is not None:
+        match = await consult(runtime, text, match)
     plan = plan_request(runtime, request, client=client, protocol=protocol, body_size=body_size,
                         override=override, match=match)
     if plan.decision.rule != "override":

@@ -55,6 +55,7 @@ class EvalResult:
     margin: float
     new_turn_ms: float
     reused_turn_ms: float
+    judged: bool = False
 
 
 @dataclass
@@ -90,6 +91,7 @@ class EvalReport:
             "local_kept": _ratio(sum(not r.cloud for r in want_local), len(want_local)),
             "local_share": round(sum(not r.cloud for r in rs) / n, 4),
             "keyword_fallbacks": sum(r.source == "keyword" for r in rs),
+            "judge_asked": sum(r.judged for r in rs),
             "per_route": per_route,
             "confusion": confusion,
             "decision_ms": {"new_turn_p50": _pct(new, 50), "new_turn_p95": _pct(new, 95),
@@ -176,18 +178,45 @@ class _EvalRuntime:
         self.classifier = classifier
         self.turns = TurnCache(config.routing.turn_cache_size, config.routing.turn_ttl_s)
         self.gpu = None
+        # Only the judge (a local model) is ever asked, and only when one is configured.
+        self.backends = _judge_backends(config)
+
+    async def aclose(self) -> None:
+        for backend in self.backends.values():
+            await backend.aclose()
+
+
+def _judge_backends(config: RouterConfig) -> dict[str, Any]:
+    if config.routing.judge is None:
+        return {}
+    from .backends import create_backend
+
+    name = config.targets[config.routing.judge.target].backend
+    return {name: create_backend(name, config.backends[name])}
 
 
 async def run_eval(config: RouterConfig, items: list[EvalItem], *, wrap: Any = None,
                    classifier: RouteClassifier | None = None, client: str = "eval") -> EvalReport:
-    from . import pipeline
-
-    classifier = classifier or RouteClassifier(config, cache_dir=config.server.state_dir)
-    if not await classifier.prepare() and classifier.client is not None:
-        # Still evaluated (keyword fallback), and the report counts the fallbacks.
-        pass
+    """Route every item as a new turn; examples that cannot be embedded leave the keyword fallback,
+    which the report counts (``keyword_fallbacks``)."""
+    owned = classifier is None
+    classifier = classifier or RouteClassifier(config, cache_dir=config.server.state_dir, cache_read_only=True)
+    await classifier.prepare()
     runtime = _EvalRuntime(config, classifier)
     report = EvalReport(routes=[r.name for r in config.routes])
+    try:
+        await _route_all(runtime, config, items, wrap, client, report)
+    finally:
+        await runtime.aclose()
+        if owned:
+            await classifier.aclose()
+    return report
+
+
+async def _route_all(runtime: _EvalRuntime, config: RouterConfig, items: list[EvalItem], wrap: Any, client: str,
+                     report: EvalReport) -> None:
+    from . import pipeline
+
     for item in items:
         request = wrap(item.prompt) if wrap else plain_request(item.prompt)
         body_size = len(json.dumps(request)) if wrap else len(item.prompt) + 100
@@ -203,8 +232,7 @@ async def run_eval(config: RouterConfig, items: list[EvalItem], *, wrap: Any = N
         agrees = (cloud == want_cloud) if item.want in LOCALITY_LABELS else route == item.want
         report.results.append(EvalResult(item, route, plan.features.route_source, plan.decision.target, cloud,
                                          want_cloud, agrees, plan.features.route_score, plan.features.route_margin,
-                                         new_ms, reused_ms))
-    return report
+                                         new_ms, reused_ms, plan.match.judge != "not asked"))
 
 
 def _wanted_cloud(runtime: _EvalRuntime, plan: Any, want: str) -> bool:
@@ -224,7 +252,7 @@ def format_report(summary: dict[str, Any], show_misses: int = 20) -> str:
              f"local/cloud agreement: {pct(summary['locality_agreement'])}"),
              (f"cloud recall (Claude-reserved kept for Claude): {pct(summary['cloud_recall'])}   "
              f"local-first kept local: {pct(summary['local_kept'])}   local share: {pct(summary['local_share'])}"),
-             f"keyword fallbacks: {summary['keyword_fallbacks']}"]
+             f"keyword fallbacks: {summary['keyword_fallbacks']}   judge asked: {summary['judge_asked']}"]
     d = summary["decision_ms"]
     lines.append(f"decision time: new turn p50 {d['new_turn_p50']} ms, p95 {d['new_turn_p95']} ms; "
                  f"reused turn p50 {d['reused_turn_p50']} ms, p95 {d['reused_turn_p95']} ms")

@@ -60,6 +60,17 @@ def route_problems(cfg: RouterConfig) -> list[str]:
                             "which serves no embeddings; expected an ollama or openai backend")
         if not 10 <= emb.timeout_ms <= 60_000:
             problems.append(f"routing.embeddings.timeout_ms: expected 10 to 60000, found {emb.timeout_ms}")
+    judge = cfg.routing.judge
+    if judge is not None:
+        if judge.target not in cfg.targets:
+            problems.append(f"routing.judge.target: unknown target {judge.target!r}; expected one of {sorted(cfg.targets)}")
+        elif cfg.targets[judge.target].backend in cfg.backends and cfg.target_is_cloud(judge.target):
+            problems.append(f"routing.judge.target: {judge.target!r} is a cloud target; the judge must be a local "
+                            "model (it is asked on every close call)")
+        if judge.candidates < 2:
+            problems.append(f"routing.judge.candidates: expected >= 2, found {judge.candidates}")
+        if not 10 <= judge.timeout_ms <= 60_000:
+            problems.append(f"routing.judge.timeout_ms: expected 10 to 60000, found {judge.timeout_ms}")
     if cfg.routing.turn_cache_size < 0:
         problems.append(f"routing.turn_cache_size: expected >= 0, found {cfg.routing.turn_cache_size}")
     return problems

@@ -52,6 +52,8 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
                                             body_size=len(body), override=override)
         finally:
             await runtime.classifier.aclose()
+            for backend in runtime.backends.values():
+                await backend.aclose()
 
     plan = asyncio.run(plan_it())
     result = pipeline.explain(plan, runtime)
@@ -166,3 +168,6 @@ class _DryRuntime:
         self.gpu = None
         self.classifier = RouteClassifier(config, cache_dir=config.server.state_dir, cache_read_only=True)
         self.turns = TurnCache(0, 0)
+        from ..route_eval import _judge_backends
+
+        self.backends = _judge_backends(config)  # explain asks the judge (a local model) if one is set
