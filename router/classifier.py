@@ -23,10 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .config import RouterConfig
-from .embeddings import EmbeddingCache, EmbeddingClient, EmbeddingError
+from .embeddings import EmbeddingCache, EmbeddingClient, EmbeddingError, Vector, dot, normalised
 from .features import classify_task
 
 log = logging.getLogger("aibox_router.classifier")
@@ -139,9 +137,12 @@ class RouteClassifier:
         for r in config.routes:
             for task in r.keyword_tasks:
                 self._task_route.setdefault(task, r.name)
-        self.matrix: np.ndarray | None = None  # one normalised row per example
-        self.centroids: np.ndarray | None = None  # one normalised row per route
-        self._owner = np.array([i for i, _ in self.examples], dtype=np.int64)
+        self.matrix: list[Vector] | None = None  # one normalised vector per example
+        self.centroids: list[Vector] | None = None  # one normalised vector per route
+        self._owner = [i for i, _ in self.examples]
+        # The nearest single examples cost a comparison with every example (~6 ms in Python):
+        # only route explain and tests ask for them.
+        self.with_nearest = False
         self._prepare_lock = asyncio.Lock()
         self._last_failure = -PREPARE_RETRY_S
         self._failure = "route examples not embedded yet"
@@ -178,14 +179,17 @@ class RouteClassifier:
                 self._failure = f"route examples could not be embedded: {e}"
                 log.warning("%s; routing by keywords until they are", self._failure)
                 return False
-            dims = {known[t].shape[0] for t in texts}
+            dims = {len(known[t]) for t in texts}
             if len(dims) != 1:
                 self._failure = f"cached example vectors have mixed sizes {sorted(dims)}; clear the cache"
                 log.error(self._failure)
                 return False
-            matrix = np.vstack([known[t] for t in texts]).astype(np.float32)
-            sums = np.stack([matrix[self._owner == i].sum(axis=0) for i in range(len(self.routes))])
-            self.centroids = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+            matrix = [known[t] for t in texts]
+            centroids = []
+            for i in range(len(self.routes)):
+                own = [v for v, owner in zip(matrix, self._owner, strict=True) if owner == i]
+                centroids.append(normalised([sum(column) for column in zip(*own, strict=True)]))
+            self.centroids = centroids
             self.matrix = matrix
             log.info("route classifier ready: %d examples for %d routes embedded with %s (%d from cache)",
                      len(texts), len(self.routes), model, len(texts) - len(missing))
@@ -240,19 +244,19 @@ class RouteClassifier:
                 log.warning("routing by keywords: %s", match.note)
         return match
 
-    def match_vector(self, vector: np.ndarray) -> RouteMatch:
+    def match_vector(self, vector: Vector) -> RouteMatch:
         assert self.matrix is not None and self.centroids is not None
-        if vector.shape[0] != self.matrix.shape[1]:
-            return self.keyword_match("", f"the embedding model returned {vector.shape[0]} dimensions, "
-                                          f"the examples have {self.matrix.shape[1]}")
-        route_sims = self.centroids @ vector
-        scores = {name: float(route_sims[i]) for i, name in enumerate(self.routes)}
-        sims = self.matrix @ vector
+        if len(vector) != len(self.matrix[0]):
+            return self.keyword_match("", f"the embedding model returned {len(vector)} dimensions, "
+                                          f"the examples have {len(self.matrix[0])}")
+        scores = {name: dot(self.centroids[i], vector) for i, name in enumerate(self.routes)}
         ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
         best, best_score = ranked[0]
         margin = best_score - ranked[1][1] if len(ranked) > 1 else best_score
-        order = np.argsort(-sims)[:5]
-        nearest = [Neighbour(self.routes[self._owner[j]], self.examples[j][1], float(sims[j])) for j in order]
+        nearest: list[Neighbour] = []
+        if self.with_nearest:
+            sims = sorted(((dot(v, vector), j) for j, v in enumerate(self.matrix)), reverse=True)[:5]
+            nearest = [Neighbour(self.routes[self._owner[j]], self.examples[j][1], s) for s, j in sims]
         return RouteMatch(route=best, score=best_score, margin=margin, source="embedding",
                           scores=dict(ranked), nearest=nearest)
 

@@ -168,6 +168,7 @@ class _DryRuntime:
         self.gpu = None
         self.classifier = RouteClassifier(config, cache_dir=config.server.state_dir, cache_read_only=True)
         self.turns = TurnCache(0, 0)
+        self.classifier.with_nearest = True
         from ..route_eval import _judge_backends
 
         self.backends = _judge_backends(config)  # explain asks the judge (a local model) if one is set

@@ -74,10 +74,11 @@ def test_standin_serves_normalised_minilm_vectors_in_ollama_and_openai_shapes(mi
 async def test_embedding_client_reads_both_wire_shapes(minilm_url, kind, suffix):
     client = EmbeddingClient(BackendConfig(type=kind, base_url=minilm_url + suffix), "all-minilm", 10)
     try:
-        vectors = await client.embed(["plan the database migration", "plan the move of the database"])
+        vectors = np.array(await client.embed(["plan the database migration", "plan the move of the database"]))
     finally:
         await client.aclose()
     assert vectors.shape == (2, 384) and float(vectors[0] @ vectors[1]) > 0.7
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
 # -- the classifier ---------------------------------------------------------------------------------
@@ -91,6 +92,7 @@ async def test_embedding_client_reads_both_wire_shapes(minilm_url, kind, suffix)
 ])
 async def test_classifier_places_turns_and_shows_its_evidence(minilm_url, shared, prompt, route):
     classifier = classifier_for(minilm_url, shared)
+    classifier.with_nearest = True
     try:
         assert await classifier.prepare()
         match = await classifier.classify(prompt)
