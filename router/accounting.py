@@ -60,6 +60,8 @@ class RequestRecord:
     energy_j: float | None = None  # GPU energy used while serving (local targets, NVML counter)
     requested_model: str = ""  # the model the client asked for (prices local calls in the report)
     skipped: str = ""  # targets passed over because the prompt does not fit them: "coder=context,general=context"
+    route: str = ""  # the route policy of the user turn (features.route)
+    route_source: str = ""  # "embedding", or "keyword" when the embedding backend did not answer
 
 
 class Accounting(Protocol):

@@ -116,6 +116,42 @@ class RuleConfig(_Base, kw_only=True):
     daily_limit: int | None = None  # requests per day this rule may send; past it, the next rule matches
 
 
+class RouteConfig(_Base, kw_only=True):
+    """A route policy in plain words: what kind of work it is, shown by example prompts."""
+
+    name: str
+    description: str  # one line; shown by route explain and given to the judge
+    examples: list[str]  # 10 to 30 prompts of this kind, written for this team
+    target: str | None = None  # shorthand for a rule `route == "<name>"` placed after all rules
+    # Keyword tasks (features.TASKS) that stand for this route when no embedding backend answers.
+    keyword_tasks: list[str] = []
+
+
+class EmbeddingsConfig(_Base, kw_only=True):
+    backend: str  # a backend of type ollama (/api/embed) or openai (/v1/embeddings)
+    model: str = "all-minilm"
+    # A new turn waits at most this long for its embedding, then falls back to keyword routing.
+    timeout_ms: int = 300
+
+
+class JudgeConfig(_Base, kw_only=True):
+    """An LLM judge for close calls (off unless set): a local chat model names the route."""
+
+    target: str  # a local target, e.g. one running qwen2.5:1.5b or Arch-Router-1.5B
+    margin_below: float = 0.03  # asked only when the two best routes are closer than this
+    candidates: int = 3  # the best routes it chooses among
+    timeout_ms: int = 1500  # past this the classifier's route stands
+
+
+class RoutingConfig(_Base, kw_only=True):
+    """How the semantic route classifier runs; see docs/routing.md."""
+
+    embeddings: EmbeddingsConfig | None = None
+    judge: JudgeConfig | None = None
+    turn_cache_size: int = 4096  # user turns whose decision is remembered (the tool loop reuses it)
+    turn_ttl_s: float = 3600.0  # a turn's decision is forgotten after this long
+
+
 class PriceConfig(_Base, kw_only=True):
     """USD per million tokens for models whose name starts with ``prefix`` (see pricing.py)."""
 
@@ -188,6 +224,8 @@ class RouterConfig(_Base, kw_only=True):
     targets: dict[str, TargetConfig]
     aliases: dict[str, str] = {}  # requested-model glob -> target name
     rules: list[RuleConfig] = []
+    routes: list[RouteConfig] = []
+    routing: RoutingConfig = RoutingConfig()
     default_target: str
     budgets: BudgetConfig = BudgetConfig()
     # Omitted: the embedded table (router/defaults/config.yml). Given: merged over it by prefix
@@ -350,6 +388,7 @@ def _cross_check(cfg: RouterConfig) -> list[str]:
     from .config_checks import value_problems
     from .context import context_problems
     from .pricing import find_price
+    from .route_policies import route_problems
 
     problems: list[str] = value_problems(cfg)
     for name, target in cfg.targets.items():
@@ -385,6 +424,7 @@ def _cross_check(cfg: RouterConfig) -> list[str]:
             problems.append(f"rules[{i}].when: {err}")
         if rule.daily_limit is not None and rule.daily_limit < 0:
             problems.append(f"rules[{i}].daily_limit: expected a number >= 0, found {rule.daily_limit}")
+    problems += route_problems(cfg)
     seen_clients: set[str] = set()
     for i, client in enumerate(cfg.clients):
         if client.name in seen_clients:

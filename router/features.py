@@ -21,6 +21,10 @@ Features available to rule expressions:
 ``task``                  ``code_generation``, ``debugging``, ``documentation``, ``explanation``,
                           ``pattern_recognition``, ``planning`` or ``general``
 ``complexity``            0 (trivial) to 10 (hard), see ``complexity_score``
+``route``                 the route policy the user turn belongs to (``routes:``), or ``none``
+``route_score``           the route's similarity score, 0 to 1 (0 when routed by keywords)
+``route_margin``          its lead over the runner-up route: small means a close call
+``route_source``          ``embedding``, ``keyword`` (the fallback) or ``none``; see classifier.py
 ``client``                the authenticated client's name
 ``override``              the target named in the override header, or ``none``
 ``protocol``              ``anthropic`` or ``openai`` (the inbound API)
@@ -116,6 +120,10 @@ class Features:
     stream: bool = False
     task: str = "general"
     complexity: int = 0
+    route: str = "none"
+    route_score: float = 0.0
+    route_margin: float = 0.0
+    route_source: str = "none"
     client: str = "anonymous"
     override: str = "none"
     protocol: str = "anthropic"

@@ -104,6 +104,8 @@ def plan_local(runtime: Any, request: dict[str, Any], task_type: str) -> Any:
     features = extract_features(request, body_size=len(json.dumps(request)), client=MCP_CLIENT,
                                 protocol=MCP_PROTOCOL, aliases=cfg.aliases, gpu=gpu)
     features.task = task_type
+    # The caller named the kind of work: its route is the one that keyword task stands for.
+    features.route, features.route_source = runtime.classifier.route_for_task(task_type), "keyword"
     decision = runtime.rules.decide(features)
     chain, why = local_chain(cfg, decision)
     if chain[0] != decision.target:

@@ -8,6 +8,7 @@ backend or was refused, however it ended, so the ledger and the budget never los
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import msgspec
 
 from .accounting import Admission, RequestRecord, Reservation
 from .backends import BackendCredentialsRejected, BackendUnavailable
+from .classifier import RouteMatch, user_turn_text
 from .config import TargetConfig
 from .context import ContextVerdict, ContextWindows, Estimator, check_fit, too_long_message
 from .cost.bounds import limit_request, needs_exact_count, prompt_token_bound
@@ -32,8 +34,10 @@ from .errors import (
 from .features import Features, extract_features
 from .gpu import energy_between
 from .internal import CallContext, Message, Request, StreamEvent, Usage
+from .judge import consult
 from .rules import RouteDecision, RuleTrace
 from .runtime import Runtime
+from .turns import turn_key
 
 log = logging.getLogger("aibox_router.pipeline")
 
@@ -43,6 +47,8 @@ class Plan:
     decision: RouteDecision
     chain: list[str]  # the chosen target, then its configured fallbacks, less those the prompt does not fit
     context: ContextVerdict = field(default_factory=ContextVerdict)  # the window check of each of them
+    match: RouteMatch = field(default_factory=RouteMatch)
+    reused: bool = False  # the decision of an earlier request of the same user turn
 
 
 @dataclass
@@ -92,7 +98,8 @@ class Outcome:
 
     def headers(self) -> dict[str, str]:
         h = {"x-aibox-target": self.target, "x-aibox-backend": self.backend, "x-aibox-model": self.model,
-             "x-aibox-rule": self.plan.decision.rule, "x-aibox-fallback": "true" if self.fallback else "false"}
+             "x-aibox-rule": self.plan.decision.rule, "x-aibox-fallback": "true" if self.fallback else "false",
+             "x-aibox-route": self.plan.features.route}
         if self.downgraded:
             h["x-aibox-downgraded"] = "true"
         if self.max_tokens_clamped:
@@ -106,7 +113,9 @@ class Outcome:
 
 
 def plan_request(runtime: Runtime, request: Request, *, client: str, protocol: str, body_size: int,
-                 override: str | None = None) -> Plan:
+                 override: str | None = None, match: RouteMatch | None = None,
+                 decision: RouteDecision | None = None) -> Plan:
+    """Features and decision for one request; *match* is the turn's route, *decision* a reused one."""
     cfg = runtime.config
     model = str(request.get("model") or "")
     # Asking for a target by name (e.g. "coder" from an OpenAI client) works like the override header.
@@ -122,7 +131,13 @@ def plan_request(runtime: Runtime, request: Request, *, client: str, protocol: s
     # Only known windows count: a target whose window is unknown is not checked, nor promised.
     features.fits_local = any(fit.fits for name, fit in fits.items()
                               if fit.window.tokens is not None and not cfg.target_is_cloud(name))
-    decision = runtime.rules.decide(features)
+    match = match or RouteMatch()
+    features.route, features.route_score = match.route, match.score
+    features.route_margin, features.route_source = match.margin, match.source
+    reused = decision is not None and override is None
+    if not reused:
+        decision = runtime.rules.decide(features)
+    assert decision is not None
     if override is not None and override not in cfg.targets:
         # Not silently: the client asked for something else than what it gets.
         log.warning("client %s named unknown target %r in %s; ignored (known: %s); routed to %s by %s",
@@ -131,15 +146,41 @@ def plan_request(runtime: Runtime, request: Request, *, client: str, protocol: s
     full_chain = [decision.target] + [t for t in cfg.targets[decision.target].fallback
                                       if t != decision.target and (allowed is None or t in allowed)]
     verdict = ContextVerdict({name: fits[name] for name in full_chain})
-    backends = getattr(runtime, "backends", None)
+    backends = getattr(runtime, "backends", None) if getattr(runtime, "discover_windows", True) else None
+    shared = reused  # a reused decision is the turn's cached one: note this request's skips on a copy
     for name in full_chain:
         fit = fits[name]
         if backends is not None and fit.window.tokens is None:
             windows.refresh_later(name, backends)
         if not fit.fits:  # shown with the rules in route explain
+            if shared:
+                decision, shared = dataclasses.replace(decision, trace=list(decision.trace)), False
             decision.trace.append(RuleTrace(f"context:{name}", False, f"target {name} skipped: {fit.note()}"))
     chain = [name for name in full_chain if fits[name].fits]
-    return Plan(features, decision, chain, verdict)
+    return Plan(features, decision, chain, verdict, match, reused)
+
+
+async def plan_turn(runtime: Runtime, request: Request, *, client: str, protocol: str, body_size: int,
+                    override: str | None = None) -> Plan:
+    """Plan a request, deciding once per user turn (see turns.py): a new turn is classified and
+    decided, later requests of the same turn reuse that decision."""
+    text = user_turn_text(request)
+    model = str(request.get("model") or "")
+    key = turn_key(client, model, text)
+    forced = override is not None or model in runtime.config.targets
+    if not forced:
+        hit = runtime.turns.get(key)
+        if hit is not None:
+            return plan_request(runtime, request, client=client, protocol=protocol, body_size=body_size,
+                                match=hit.match, decision=hit.decision)
+    match = await runtime.classifier.classify(text)
+    if runtime.config.routing.judge is not None:
+        match = await consult(runtime, text, match)
+    plan = plan_request(runtime, request, client=client, protocol=protocol, body_size=body_size,
+                        override=override, match=match)
+    if not forced and override is None:  # a client's own choice of target is not the turn's decision
+        runtime.turns.put(key, match, plan.decision)
+    return plan
 
 
 def _prepare(request: Request, target: TargetConfig) -> Request:
@@ -178,6 +219,7 @@ class _Call:
             # A target reached because the chosen one was skipped (its window too small) is a fallback too.
             cloud=self.cloud, fallback=index > 0 or target_name != plan.decision.target, downgraded=downgraded,
             task=f.task, complexity=f.complexity, requested_model=f.model, skipped=plan.context.header(),
+            route=f.route, route_source=f.route_source,
         )
         self._settled = False
 
@@ -379,8 +421,8 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
                    forward_headers: dict[str, str] | None = None, override: str | None = None,
                    body_size: int | None = None, plan: Plan | None = None) -> Outcome:
     """Route and answer a non-streaming request."""
-    plan = plan or plan_request(runtime, request, client=client, protocol=protocol,
-                                body_size=body_size or len(str(request)), override=override)
+    plan = plan or await plan_turn(runtime, request, client=client, protocol=protocol,
+                                   body_size=body_size or len(str(request)), override=override)
     if not plan.chain:
         raise await _too_long_error(runtime, plan, protocol, False)
     failures: list[str] = []
@@ -416,8 +458,8 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
     Falling back is only possible before that first event: afterwards the client has seen part of
     an answer. The returned ``Outcome.events`` must be iterated to the end or closed.
     """
-    plan = plan or plan_request(runtime, request, client=client, protocol=protocol,
-                                body_size=body_size or len(str(request)), override=override)
+    plan = plan or await plan_turn(runtime, request, client=client, protocol=protocol,
+                                   body_size=body_size or len(str(request)), override=override)
     if not plan.chain:
         raise await _too_long_error(runtime, plan, protocol, True)
     failures: list[str] = []
@@ -547,6 +589,7 @@ def explain(plan: Plan, runtime: Runtime) -> dict[str, Any]:
     cfg = runtime.config
     return {
         "features": plan.features.as_namespace(),
+        "route": {**plan.match.as_dict(), "reused_turn_decision": plan.reused},
         "rules": [{"rule": t.rule, "matched": t.matched, "note": t.note} for t in plan.decision.trace],
         "decision": {"rule": plan.decision.rule, "reason": plan.decision.reason, "target": plan.decision.target},
         "chain": [{"target": name, "backend": cfg.targets[name].backend, "model": cfg.targets[name].model,

@@ -58,8 +58,9 @@ class RuleTrace:
 @dataclass
 class RouteDecision:
     target: str
-    # The rule that matched, "override", "alias:<glob>" or "default": always a name from the config,
-    # never the client's text (it goes into a response header, a metrics label and the ledger).
+    # The rule that matched, "override", "route:<name>", "alias:<glob>" or "default": always a name
+    # from the config, never the client's text (it goes into a response header, a metrics label and
+    # the ledger).
     rule: str
     reason: str
     trace: list[RuleTrace] = field(default_factory=list)
@@ -77,6 +78,8 @@ class RuleEngine:
         # All conditions as one list expression: one template render per request instead of one per
         # rule (each render costs ~15 us). Each part was validated on its own at config load.
         self._all = compile_expression("[" + ", ".join(f"({r.when})" for r in config.rules) + "]")
+        # A route's own target acts as a rule `route == "<name>"` after all the rules.
+        self._route_targets = {r.name: r.target for r in config.routes if r.target}
 
     def _evaluate(self, namespace: dict[str, Any]) -> list[Any]:
         """Each rule's condition value, or the exception it raised (one bad rule spoils no other)."""
@@ -118,6 +121,10 @@ class RuleEngine:
                     continue
             trace.append(RuleTrace(rule.name, True, f"condition true: {rule.when}"))
             return RouteDecision(rule.target, rule.name, f"rule {rule.name!r}: {rule.when}", trace)
+        route_target = self._route_targets.get(features.route)
+        if route_target is not None and (allowed is None or route_target in allowed):
+            return RouteDecision(route_target, f"route:{features.route}",
+                                 f"no rule matched; route {features.route!r} has target {route_target!r}", trace)
         if features.alias != "none" and (allowed is None or features.alias in allowed):
             pattern = alias_pattern(features.model, cfg.aliases) or "?"
             return RouteDecision(features.alias, f"alias:{pattern}",

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING
 
 from .backend_health import BackendHealth
 from .backends import Backend, create_backend
+from .classifier import RouteClassifier
 from .config import RouterConfig
 from .context import ContextWindows
 from .rules import RuleEngine
+from .turns import TurnCache
 
 if TYPE_CHECKING:
     from .cost import CostControl
@@ -35,6 +37,10 @@ class Runtime:
         self.backend_health = backend_health if backend_health is not None else BackendHealth()
         self.rules = RuleEngine(config, accounting.rule_count_today)
         self.windows = ContextWindows(config)
+        # Route examples are embedded once per config load, in the background (keywords meanwhile).
+        self.classifier = RouteClassifier(config, cache_dir=config.server.state_dir)
+        self.classifier.prepare_soon()
+        self.turns = TurnCache(config.routing.turn_cache_size, config.routing.turn_ttl_s)
         self._in_flight = 0
         self._retired = False
 
@@ -65,6 +71,7 @@ class Runtime:
             await self._close_backends()
 
     async def _close_backends(self) -> None:
+        await self.classifier.aclose()
         for backend in self.backends.values():
             try:
                 await backend.aclose()

@@ -83,3 +83,13 @@ def fake_anthropic_server():
 def fake_anthropic(fake_anthropic_server):
     fake_anthropic_server.reset()
     return fake_anthropic_server
+
+
+@pytest.fixture(scope="session")
+def minilm_url():
+    """Base URL of the all-MiniLM-L6-v2 stand-in for the box's embedding model, on loopback."""
+    from tests.support import embedding_server
+
+    url, process = embedding_server.start()
+    yield url
+    embedding_server.stop(process)

@@ -1,10 +1,11 @@
-"""``aibox-router route explain``: show how a request would be routed, without sending it."""
+"""``aibox-router route explain`` / ``route eval``: how requests would be routed, without sending them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -51,9 +52,19 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
     runtime = _DryRuntime(config, RuleEngine(config, count_today))
     if probe:
         asyncio.run(_probe_windows(runtime))
+
+    async def plan_it():
+        await runtime.classifier.prepare()  # the examples, from the cache when it has them
+        try:
+            return await pipeline.plan_turn(runtime, internal, client=client, protocol=protocol,
+                                            body_size=len(body), override=override)
+        finally:
+            await runtime.classifier.aclose()
+            for backend in runtime.backends.values():
+                await backend.aclose()
+
     try:
-        plan = pipeline.plan_request(runtime, internal, client=client, protocol=protocol, body_size=len(body),
-                                     override=override)
+        plan = asyncio.run(plan_it())
     except RouterError as e:  # e.g. a client naming a target outside its clients[].targets
         raise click.ClickException(f"the router would refuse this request (HTTP {e.status}): {e.message}") from None
     result = pipeline.explain(plan, runtime)
@@ -64,6 +75,7 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
     click.echo(f"request: model={f['model']} task={f['task']} complexity={f['complexity']} "
                f"input_tokens~{f['input_tokens']} context_tokens<={f['context_tokens']} "
                f"tools={f['tool_count']} thinking={f['has_thinking']} fits_local={f['fits_local']}")
+    _echo_route(result["route"])
     for r in result["rules"]:
         click.echo(f"  {'MATCH' if r['matched'] else 'skip '} {r['rule']}: {r['note']}")
     d = result["decision"]
@@ -110,6 +122,69 @@ def detect_protocol(body: bytes) -> str:
     return "anthropic" if "max_tokens" in data or "system" in data else "openai"
 
 
+def _echo_route(r) -> None:
+    if r["source"] == "none":
+        click.echo("route: none (no routes configured)")
+        return
+    click.echo(f"route: {r['route']} via {r['source']} (score {r['score']:.3f}, margin {r['margin']:.3f} over the "
+               f"runner-up, {r['elapsed_ms']:.1f} ms); judge: {r['judge']}")
+    if r["note"]:
+        click.echo(f"  fallback: {r['note']}")
+    ranked = list(r["scores"].items())[:4]
+    if ranked:
+        click.echo("  route scores: " + ", ".join(f"{name} {score:.3f}" for name, score in ranked))
+    for n in r["nearest"]:
+        click.echo(f"  nearest {n['score']:.3f} [{n['route']}] {n['example'][:100]}")
+
+
+@route.command("eval")
+@config_option
+@click.argument("eval_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--wrap", "wrap_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A captured request body (e.g. tests/fixtures/claude_code/turn-01.json): each prompt "
+                   "replaces the user's words in it, so the classifier sees what production sees.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--show-misses", default=20, show_default=True, help="How many disagreements to list.")
+def eval_cmd(config_path: str | None, eval_file: str, wrap_file: str | None, as_json: bool, show_misses: int) -> None:
+    """Route every prompt of EVAL_FILE (JSON Lines of {"prompt", "want"}, want being a route name or
+    local/cloud) as a new user turn, and print agreement, a confusion table, per-route precision and
+    recall, the local share and decision times. Nothing is sent to a chat backend or recorded."""
+    from ..errors import ConfigError
+    from ..route_eval import check_labels, format_report, load_items, wrap_in
+
+    config = load_or_exit(config_path)
+    try:
+        items = load_items(eval_file)
+        check_labels(items, config, eval_file)
+        wrap = None
+        if wrap_file:
+            try:
+                wrap = wrap_in(json.loads(Path(wrap_file).read_text(encoding="utf-8")))
+            except (ValueError, AttributeError) as e:
+                raise ConfigError(f"{wrap_file}: not a request body to wrap prompts in: {e}") from None
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    if not items:
+        raise click.ClickException(f"{eval_file}: no labelled prompts")
+    report = asyncio.run(_run(config, items, wrap))
+    summary = report.summary()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(format_report(summary, show_misses))
+
+
+async def _run(config, items, wrap):
+    from ..classifier import RouteClassifier
+    from ..route_eval import run_eval
+
+    classifier = RouteClassifier(config, cache_dir=config.server.state_dir, cache_read_only=True)
+    try:
+        return await run_eval(config, items, wrap=wrap, classifier=classifier)
+    finally:
+        await classifier.aclose()
+
+
 def _rule_counts(config):
     """Today's per-rule request counts from the ledger, read-only; zeros when there is no ledger."""
     import time
@@ -143,9 +218,17 @@ class _DryRuntime:
     """Just enough of a Runtime for planning: no backends, no ledger, no GPU."""
 
     def __init__(self, config, rules):
+        from ..classifier import RouteClassifier
         from ..context import ContextWindows
+        from ..route_eval import _judge_backends
+        from ..turns import TurnCache
 
         self.config = config
         self.rules = rules
         self.gpu = None
         self.windows = ContextWindows(config)
+        self.discover_windows = False  # only with --probe, which asks the servers itself
+        self.classifier = RouteClassifier(config, cache_dir=config.server.state_dir, cache_read_only=True)
+        self.turns = TurnCache(0, 0)
+        self.classifier.with_nearest = True
+        self.backends = _judge_backends(config)  # explain asks the judge (a local model) if one is set

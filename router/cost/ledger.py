@@ -75,6 +75,8 @@ class LedgerRow:
     speed: str = ""
     inference_geo: str = ""
     skipped: str = ""  # targets passed over because the prompt did not fit their window
+    route: str = ""
+    route_source: str = ""
     id: int | None = None  # assigned by the store
 
     @classmethod
@@ -92,7 +94,7 @@ class LedgerRow:
             task=record.task, complexity=record.complexity, error=record.error[:2000],
             energy_j=record.energy_j, requested_model=record.requested_model,
             web_search_requests=u.web_search_requests, speed=u.speed or "", inference_geo=u.inference_geo or "",
-            skipped=record.skipped,
+            skipped=record.skipped, route=record.route, route_source=record.route_source,
         )
 
 
@@ -256,6 +258,14 @@ def _v2_billing_modes(conn: sqlite3.Connection) -> None:
 def _v3_context_skips(conn: sqlite3.Connection) -> None:
     # Which targets a request passed over because its prompt did not fit their context window.
     conn.execute("ALTER TABLE requests ADD COLUMN skipped TEXT NOT NULL DEFAULT ''")
+
+
+@_migration
+def _v4_route(conn: sqlite3.Connection) -> None:
+    # Which route policy a request's turn matched, and whether the embedding classifier or the
+    # keyword fallback said so (route eval and reports compare them).
+    conn.execute("ALTER TABLE requests ADD COLUMN route TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE requests ADD COLUMN route_source TEXT NOT NULL DEFAULT ''")
 
 
 SCHEMA_VERSION = len(_MIGRATIONS)

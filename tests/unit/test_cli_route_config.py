@@ -32,7 +32,7 @@ def test_explain_prints_each_rule_verdict_and_the_chain(tmp_path):
     result = CliRunner().invoke(main, ["route", "explain", "-c", str(cfg)], input=PATTERN_REQUEST)
     assert result.exit_code == 0, result.output
     assert "task=pattern_recognition" in result.output
-    assert "MATCH hard-to-cloud" in result.output
+    assert "MATCH claude-reserved" in result.output
     assert "answers: target claude -> backend cloud model claude-sonnet-4-6 (cloud, budget permitting)" in result.output
     assert "fallback 1: target general" in result.output
     assert not (tmp_path / "state").exists()  # a dry run creates nothing
@@ -42,16 +42,16 @@ def test_explain_reads_daily_limit_counts_from_the_ledger(tmp_path):
     cfg = write_config(tmp_path)
     store = SqliteLedger.in_state_dir(tmp_path / "state")
     day = day_of(time.time(), ZoneInfo("UTC"))
-    for _ in range(20):
-        record = RequestRecord(ts=time.time(), client="c", rule="hard-to-cloud", target="claude", backend="cloud",
+    for _ in range(400):
+        record = RequestRecord(ts=time.time(), client="c", rule="claude-reserved", target="claude", backend="cloud",
                                model="claude-sonnet-4-6", protocol="anthropic", stream=False, cloud=True)
-        store.insert(LedgerRow.from_record(record, day=day, cost_usd=record.cost_usd))
+        store.insert(LedgerRow.from_record(record, day=day, cost_usd=record.cost_usd), durable=False)
     store.close()
     result = CliRunner().invoke(main, ["route", "explain", "-c", str(cfg), "--json"], input=PATTERN_REQUEST)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["decision"]["rule"] != "hard-to-cloud"
-    assert any("daily_limit reached (20/20)" in r["note"] for r in out["rules"])
+    assert out["decision"]["rule"] != "claude-reserved"
+    assert any("daily_limit reached (400/400)" in r["note"] for r in out["rules"])
 
 
 def test_explain_rejects_a_bad_body_with_the_field(tmp_path):

@@ -38,9 +38,12 @@ def test_embedded_default_config_is_valid_and_matches_the_users_plan():
     assert cfg.budgets.daily_budget == 10.0
     assert cfg.budgets.alert_threshold == 8.0
     assert cfg.budgets.emergency_cutoff == 12.0
-    hard = next(r for r in cfg.rules if r.target == "claude")
-    assert hard.daily_limit == 20
-    assert "complexity > 8" in hard.when and "pattern_recognition" in hard.when
+    reserved = next(r for r in cfg.rules if r.target == "claude")
+    assert reserved.daily_limit == 400
+    for route in ("architecture", "troubleshooting", "planning", "cross_codebase"):
+        assert f'"{route}"' in reserved.when and route in {r.name for r in cfg.routes}
+    keywords = next(r for r in cfg.rules if r.name == "hard-by-keywords")
+    assert keywords.target == "claude" and "complexity > 8" in keywords.when
     assert cfg.default_target in cfg.targets and not cfg.target_is_cloud(cfg.default_target)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from aibox_router.classifier import RouteClassifier
 from aibox_router.cli.common import default_config_path
 from aibox_router.config import load_config
 from aibox_router.features import (
@@ -89,35 +90,44 @@ def test_last_user_text_skips_tool_result_turns():
     assert f.task == "explanation"
 
 
+def routed(text, **kw):
+    """Features with the route the keyword fallback gives (what the default plan sees when the
+    embedding model is down; the semantic classifier is tested in test_classifier.py)."""
+    f = features(text, **kw)
+    match = RouteClassifier(CFG).keyword_match(text, "test")
+    f.route, f.route_source = match.route, match.source
+    return f
+
+
 def engine(counts=None):
     counts = counts or {}
     return RuleEngine(CFG, lambda rule: counts.get(rule, 0))
 
 
 def test_default_plan_routes_coding_to_local_coder():
-    d = engine().decide(features("Write a function to merge two sorted lists"))
+    d = engine().decide(routed("Write a function to merge two sorted lists"))
     assert (d.rule, d.target) == ("coding", "coder")
 
 
 def test_default_plan_routes_docs_and_explanations_to_general():
-    assert engine().decide(features("Explain the difference between a list and a tuple")).target == "general"
+    assert engine().decide(routed("Explain the difference between a list and a tuple")).target == "general"
 
 
 def test_default_plan_sends_pattern_recognition_to_cloud():
-    d = engine().decide(features("Find all similar patterns across the logs"))
-    assert (d.rule, d.target) == ("hard-to-cloud", "claude")
+    d = engine().decide(routed("Find all similar patterns across the logs"))
+    assert (d.rule, d.target) == ("claude-reserved", "claude")
 
 
 def test_haiku_class_background_requests_go_to_fast_model():
-    d = engine().decide(features("Write a function for this", model="claude-haiku-4-5-20251001"))
+    d = engine().decide(routed("Write a function for this", model="claude-haiku-4-5-20251001"))
     assert (d.rule, d.target) == ("background", "fast")
 
 
 def test_daily_limit_reached_falls_to_next_matching_rule():
     text = "Find all patterns across the code and write a function that detects them"
-    d = engine({"hard-to-cloud": 20}).decide(features(text))
-    assert d.rule != "hard-to-cloud"
-    assert any("daily_limit reached (20/20)" in t.note for t in d.trace)
+    d = engine({"claude-reserved": 400}).decide(routed(text))
+    assert d.rule != "claude-reserved" and d.target != "claude"
+    assert any("daily_limit reached (400/400)" in t.note for t in d.trace)
 
 
 def test_override_header_and_unknown_override():
@@ -130,14 +140,14 @@ def test_override_header_and_unknown_override():
 
 
 def test_override_of_a_target_guarded_by_a_daily_limit_counts_against_that_rule():
-    # hard-to-cloud (daily_limit 20) sends to claude: forcing claude is charged to that rule ...
+    # claude-reserved (daily_limit 400) sends to claude: forcing claude is charged to that rule ...
     f = features("Explain this")
     f.override = "claude"
-    d = engine({"hard-to-cloud": 3}).decide(f)
-    assert (d.target, d.rule) == ("claude", "hard-to-cloud") and "3/20" in d.reason
+    d = engine({"claude-reserved": 3}).decide(f)
+    assert (d.target, d.rule) == ("claude", "claude-reserved") and "3/400" in d.reason
     # ... and once the limit is used up, the override no longer gets around it.
-    d = engine({"hard-to-cloud": 20}).decide(f)
-    assert d.target != "claude" and "daily_limit for it is reached (20/20)" in d.trace[0].note
+    d = engine({"claude-reserved": 400}).decide(f)
+    assert d.target != "claude" and "daily_limit for it is reached (400/400)" in d.trace[0].note
 
 
 def test_alias_rule_name_is_the_configured_glob_not_the_requested_model():
@@ -166,7 +176,9 @@ def test_client_targets_bind_the_override_and_the_model_name():
 
 
 def test_client_targets_skip_rules_aliases_and_default_outside_them():
-    d = _restricted(["fast"]).decide(features("Find all patterns across the logs and detect anomalies"))
+    f = features("Design the architecture of our event pipeline and weigh its trade-offs")
+    f.route, f.route_source = "architecture", "embedding"  # a Claude-reserved route: rule claude-reserved
+    d = _restricted(["fast"]).decide(f)
     assert d.target == "fast"
     assert any("may not use target 'claude'" in t.note for t in d.trace)
     d = _restricted(["general", "fast"]).decide(features("hello there", model="claude-opus-4-5"))
@@ -198,6 +210,7 @@ def test_a_rule_failing_at_run_time_does_not_spoil_the_others():
     f = extract_features({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "Explain it"}]},
                          body_size=4, client="c", protocol="anthropic", aliases={})
     assert f.input_tokens == 1
+    f.route = "explain"
     d = RuleEngine(cfg, lambda rule: 0).decide(f)
     assert d.rule == "docs"
     assert d.trace[0].rule == "fragile" and "ZeroDivisionError" in d.trace[0].note

@@ -1,0 +1,279 @@
+"""Which route a user turn belongs to: nearest route examples by sentence embedding.
+
+The text classified is the user's own words in the newest user turn (:func:`user_turn_text`):
+Claude Code's ``<system-reminder>`` blocks, tool results and pasted file contents say nothing
+about how hard the work is, so they are dropped or cut down before embedding.
+
+A route's score is the cosine similarity of the turn to the route's centroid (the normalised mean
+of its example vectors); the route with the highest score wins, and ``margin`` is its lead over
+the runner-up (a small margin is a close call). On the project's labelled set the centroid agreed
+with the labels more often than the mean of the k nearest examples for any k (84% against at most
+78% with 16 examples a route, all-MiniLM-L6-v2): one odd example moves a centroid little. The
+nearest single examples are still reported, for ``route explain``. When no embedding backend answers within ``routing.embeddings.timeout_ms``, or
+the examples could not be embedded yet, the keyword classifier of features.py picks the route
+through each route's ``keyword_tasks``, and the match says so (``source == "keyword"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import RouterConfig
+from .embeddings import EmbeddingCache, EmbeddingClient, EmbeddingError, Vector, dot, normalised
+from .features import classify_task
+
+log = logging.getLogger("aibox_router.classifier")
+
+# Enough of a turn to say what is asked; MiniLM-class models read ~256 word pieces anyway.
+MAX_TURN_CHARS = 1200
+_SYSTEM_REMINDER = re.compile(r"<system-reminder>.*?(</system-reminder>|$)", re.DOTALL)
+# Claude Code wraps local command output and slash-command bookkeeping in tags like these.
+_CLIENT_TAGS = re.compile(r"<(local-command-stdout|local-command-stderr|bash-stdout|bash-stderr)>.*?</\1>",
+                          re.DOTALL)
+_FENCE = re.compile(r"```[^\n]*\n(.*?)(```|$)", re.DOTALL)
+_PASTED_LINES = 4  # a fenced block longer than this is a paste: keep its first lines only
+# Seconds between two attempts to embed the route examples after a failure.
+PREPARE_RETRY_S = 30.0
+EXAMPLES_TIMEOUT_S = 60.0
+
+
+def _shorten_fence(m: re.Match[str]) -> str:
+    lines = m.group(1).splitlines()
+    if len(lines) <= _PASTED_LINES:
+        return m.group(0)
+    return "```\n" + "\n".join(lines[:_PASTED_LINES]) + f"\n[... {len(lines) - _PASTED_LINES} pasted lines]\n```"
+
+
+def clean_turn_text(text: str) -> str:
+    """The user's words: reminders and command output dropped, pasted blocks cut, length bounded."""
+    if "<" in text:
+        text = _SYSTEM_REMINDER.sub(" ", text)
+        text = _CLIENT_TAGS.sub(" ", text)
+    if "```" in text:
+        text = _FENCE.sub(_shorten_fence, text)
+    text = text.strip()
+    if len(text) > MAX_TURN_CHARS:
+        # The request is usually said before or after a paste: keep both ends.
+        head = MAX_TURN_CHARS * 2 // 3
+        text = text[:head] + "\n[...]\n" + text[-(MAX_TURN_CHARS - head):]
+    return text
+
+
+def user_turn_text(request: dict[str, Any]) -> str:
+    """The cleaned text of the newest user message that has words of the user's own.
+
+    Messages holding only tool results (and the reminders Claude Code attaches to them) are the
+    tool loop, not a new turn: they are skipped, so every request of one turn yields the same text.
+    """
+    for message in reversed(request.get("messages") or []):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            raw = content
+        elif isinstance(content, list):
+            raw = "\n".join(str(b.get("text") or "") for b in content
+                            if isinstance(b, dict) and b.get("type") == "text")
+        else:
+            continue
+        text = clean_turn_text(raw)
+        if text:
+            return text
+    return ""
+
+
+@dataclass
+class Neighbour:
+    route: str
+    example: str
+    score: float
+
+
+@dataclass
+class RouteMatch:
+    """What the classifier said about one turn (features ``route``, ``route_score``, ``route_margin``)."""
+
+    route: str = "none"
+    score: float = 0.0
+    margin: float = 0.0
+    source: str = "none"  # "embedding", "keyword", or "none" when no routes are configured
+    scores: dict[str, float] = field(default_factory=dict)
+    nearest: list[Neighbour] = field(default_factory=list)
+    note: str = ""  # why the keyword fallback was used, when it was
+    judge: str = "not asked"
+    elapsed_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"route": self.route, "score": round(self.score, 4), "margin": round(self.margin, 4),
+                "source": self.source, "scores": {k: round(v, 4) for k, v in self.scores.items()},
+                "nearest": [{"route": n.route, "example": n.example, "score": round(n.score, 4)}
+                            for n in self.nearest],
+                "note": self.note, "judge": self.judge, "elapsed_ms": round(self.elapsed_ms, 3)}
+
+
+class RouteClassifier:
+    """Built from one config; ``prepare`` embeds the examples, ``classify`` places a turn."""
+
+    def __init__(self, config: RouterConfig, cache: EmbeddingCache | None = None, cache_dir: str | None = None,
+                 cache_read_only: bool = False):
+        """*cache* (or one opened in *cache_dir* when the examples are first embedded) keeps vectors."""
+        self.config = config
+        self.routes = [r.name for r in config.routes]
+        self.examples: list[tuple[int, str]] = [(i, e) for i, r in enumerate(config.routes)
+                                                for e in r.examples if e.strip()]
+        emb = config.routing.embeddings
+        self.client: EmbeddingClient | None = None
+        if emb is not None and config.routes:
+            self.client = EmbeddingClient(config.backends[emb.backend], emb.model, emb.timeout_ms / 1000)
+        self.cache = cache
+        self._cache_dir = cache_dir
+        self._cache_read_only = cache_read_only
+        self._task_route: dict[str, str] = {}
+        for r in config.routes:
+            for task in r.keyword_tasks:
+                self._task_route.setdefault(task, r.name)
+        self.matrix: list[Vector] | None = None  # one normalised vector per example
+        self.centroids: list[Vector] | None = None  # one normalised vector per route
+        self._owner = [i for i, _ in self.examples]
+        # The nearest single examples cost a comparison with every example (~6 ms in Python):
+        # only route explain and tests ask for them.
+        self.with_nearest = False
+        self._prepare_lock = asyncio.Lock()
+        self._last_failure = -PREPARE_RETRY_S
+        self._failure = "route examples not embedded yet"
+        self._background: asyncio.Task[bool] | None = None
+        self._last_warning = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return self.matrix is not None
+
+    async def prepare(self) -> bool:
+        """Embed the route examples (from the disk cache where it has them); False on failure."""
+        if self.matrix is not None or self.client is None:
+            return self.matrix is not None
+        async with self._prepare_lock:
+            if self.matrix is not None:
+                return True
+            model = self.client.model
+            if self.cache is None and self._cache_dir:
+                self.cache = EmbeddingCache.in_state_dir(self._cache_dir, read_only=self._cache_read_only)
+            texts = [t for _, t in self.examples]
+            known = self.cache.get_many(model, texts) if self.cache else {}
+            missing = list(dict.fromkeys(t for t in texts if t not in known))
+            try:
+                for start in range(0, len(missing), 32):
+                    batch = missing[start:start + 32]
+                    vectors = await self.client.embed(batch, timeout_s=EXAMPLES_TIMEOUT_S)
+                    fresh = dict(zip(batch, vectors, strict=True))
+                    known.update(fresh)
+                    if self.cache:
+                        self.cache.put_many(model, fresh)
+            except EmbeddingError as e:
+                self._last_failure = time.monotonic()
+                self._failure = f"route examples could not be embedded: {e}"
+                log.warning("%s; routing by keywords until they are", self._failure)
+                return False
+            dims = {len(known[t]) for t in texts}
+            if len(dims) != 1:
+                self._failure = f"cached example vectors have mixed sizes {sorted(dims)}; clear the cache"
+                log.error(self._failure)
+                return False
+            matrix = [known[t] for t in texts]
+            centroids = []
+            for i in range(len(self.routes)):
+                own = [v for v, owner in zip(matrix, self._owner, strict=True) if owner == i]
+                centroids.append(normalised([sum(column) for column in zip(*own, strict=True)]))
+            self.centroids = centroids
+            self.matrix = matrix
+            log.info("route classifier ready: %d examples for %d routes embedded with %s (%d from cache)",
+                     len(texts), len(self.routes), model, len(texts) - len(missing))
+            return True
+
+    def prepare_soon(self) -> None:
+        """Start embedding the examples in the background (no-op without a running event loop)."""
+        if self.client is None or self.matrix is not None:
+            return
+        if self._background is not None and not self._background.done():
+            return
+        if time.monotonic() - self._last_failure < PREPARE_RETRY_S:
+            return
+        try:
+            self._background = asyncio.get_running_loop().create_task(self.prepare())
+        except RuntimeError:  # no running loop (a synchronous caller): the next async call retries
+            pass
+
+    async def _wait_for_examples(self) -> bool:
+        """Right after a (re)load the examples may still be embedding: wait up to the turn's timeout."""
+        self.prepare_soon()
+        task = self._background
+        if task is None or self.client is None:
+            return self.matrix is not None
+        try:
+            return bool(await asyncio.wait_for(asyncio.shield(task), self.client.timeout_s))
+        except TimeoutError:
+            return False
+
+    async def classify(self, text: str) -> RouteMatch:
+        started = time.perf_counter()
+        if not self.routes:
+            return RouteMatch(elapsed_ms=(time.perf_counter() - started) * 1000)
+        if self.client is None:
+            match = self.keyword_match(text, "no embedding backend configured (routing.embeddings)")
+        elif self.matrix is None and not await self._wait_for_examples():
+            match = self.keyword_match(text, self._failure)
+        elif not text:
+            match = self.keyword_match(text, "the turn has no text of the user's own")
+        else:
+            try:
+                vector = (await self.client.embed([text]))[0]
+            except EmbeddingError as e:
+                match = self.keyword_match(text, f"embedding failed: {e}")
+            else:
+                match = self.match_vector(vector)
+        match.elapsed_ms = (time.perf_counter() - started) * 1000
+        if match.source == "keyword" and self.client is not None:
+            now = time.monotonic()
+            if now - self._last_warning > 60:  # one line a minute, not one per request
+                self._last_warning = now
+                log.warning("routing by keywords: %s", match.note)
+        return match
+
+    def match_vector(self, vector: Vector) -> RouteMatch:
+        assert self.matrix is not None and self.centroids is not None
+        if len(vector) != len(self.matrix[0]):
+            return self.keyword_match("", f"the embedding model returned {len(vector)} dimensions, "
+                                          f"the examples have {len(self.matrix[0])}")
+        scores = {name: dot(self.centroids[i], vector) for i, name in enumerate(self.routes)}
+        ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+        best, best_score = ranked[0]
+        margin = best_score - ranked[1][1] if len(ranked) > 1 else best_score
+        nearest: list[Neighbour] = []
+        if self.with_nearest:
+            sims = sorted(((dot(v, vector), j) for j, v in enumerate(self.matrix)), reverse=True)[:5]
+            nearest = [Neighbour(self.routes[self._owner[j]], self.examples[j][1], s) for s, j in sims]
+        return RouteMatch(route=best, score=best_score, margin=margin, source="embedding",
+                          scores=dict(ranked), nearest=nearest)
+
+    def route_for_task(self, task: str) -> str:
+        """The first route whose ``keyword_tasks`` list *task*, or ``none``."""
+        return self._task_route.get(task, "none")
+
+    def keyword_match(self, text: str, reason: str) -> RouteMatch:
+        task = classify_task(text)
+        route = self.route_for_task(task)
+        return RouteMatch(route=route, source="keyword",
+                          note=f"{reason}; keyword task {task!r} -> route {route!r}")
+
+    async def aclose(self) -> None:
+        if self._background is not None and not self._background.done():
+            self._background.cancel()
+        if self.client is not None:
+            await self.client.aclose()
+        if self.cache is not None:
+            self.cache.close()
