@@ -219,7 +219,7 @@ def test_a_recorded_claude_code_turn_is_decided_once_and_never_switches_mid_turn
     state = tmp_path / "state"
     router = RouterProcess(_router_config(minilm_url, fake_anthropic_server.url, ollama.url, state, daily_limit=1),
                            tmp_path, env={"ANTHROPIC_API_KEY": "sk-test"})
-    with router.start():
+    with router:
         _wait_for_classifier(router)
         answers = [_send(router.url, body) for body in TURN]
         assert [a.headers["x-aibox-target"] for a in answers] == ["claude"] * 3
@@ -244,7 +244,7 @@ def test_keyword_fallback_is_marked_in_the_ledger_and_headers(fake_anthropic_ser
                            tmp_path, env={"ANTHROPIC_API_KEY": "sk-test"})
     body = {"model": "claude-opus-4-8", "max_tokens": 200,
             "messages": [{"role": "user", "content": "Write a function that parses ISO dates"}]}
-    with router.start():
+    with router:
         answer = _send(router.url, body)
     assert answer.headers["x-aibox-route"] == "code" and answer.headers["x-aibox-target"] == "coder"
     (row,) = _ledger_rows(state)

@@ -81,6 +81,9 @@ class RouterProcess:
                 self.proc.wait()
 
     def __enter__(self) -> Self:
+        # `with router.start():` must not start a second process (the first one would leak).
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
