@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from aibox_router import pipeline
 from aibox_router.classifier import RouteClassifier
 from aibox_router.cli.common import default_config_path
-from aibox_router.config import parse_config
+from aibox_router.config_load import parse_config
 from aibox_router.route_eval import _EvalRuntime, load_items, run_eval, wrap_in
 from tests.support import embedding_server
 

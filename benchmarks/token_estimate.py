@@ -56,7 +56,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aibox_router import context
-from aibox_router.backends.openai import function_tools, to_openai_messages
+from aibox_router.wire.chat_common import function_tools
+from aibox_router.wire.openai_chat import to_openai_messages
 
 CC_FIXTURE = ROOT / "tests" / "fixtures" / "claude_code_request.json"
 
@@ -112,7 +113,7 @@ def openai_sdk_bodies(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
     import httpx
     import openai
 
-    from aibox_router.api import openai as openai_api
+    from aibox_router.wire import openai_chat as openai_api
 
     captured: list[bytes] = []
 
@@ -267,8 +268,8 @@ def llama_server_counts(url: str, bodies: list[tuple[str, dict[str, Any]]]) -> d
     """usage.prompt_tokens of a running llama-cpp-python server for each body that fits its window."""
     import httpx
 
-    from aibox_router.backends.openai import to_openai_request
     from aibox_router.config import TargetConfig
+    from aibox_router.wire.openai_chat import to_openai_request
 
     counts = {}
     target = TargetConfig(backend="llama", model="smollm2")
@@ -343,7 +344,7 @@ def decision_time(n: int = 500) -> tuple[float, float, float, float]:
     """Median and p99 ms of plan_request on an over-long Claude Code request no target can hold: wall
     clock, and this thread's CPU time (what the router spends, whatever else runs on the machine)."""
     from aibox_router import pipeline
-    from aibox_router.config import parse_config
+    from aibox_router.config_load import parse_config
     from aibox_router.rules import RuleEngine
 
     cfg = parse_config({

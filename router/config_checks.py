@@ -14,17 +14,24 @@ to an operator and the checks that catch configs which would load but then fail 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import yaml
 
+from . import rules as rules_mod
+from .config import RouterConfig, ServerConfig
+from .context import context_problems
 from .errors import ConfigError
+from .pricing import find_price
+from .route_policies import route_problems
 
 # -- strict YAML ---------------------------------------------------------------------------------
 
@@ -189,3 +196,105 @@ def raise_problems(source: str, problems: list[str]) -> None:
     if problems:
         raise ConfigError(f"{source}: " + problems[0] if len(problems) == 1
                           else f"{source}: {len(problems)} problems:\n  - " + "\n  - ".join(problems))
+
+
+# -- cross-checks: references between sections, thresholds, expressions --------------------------
+
+
+def _server_problems(server: ServerConfig) -> list[str]:
+    """Limits that must be positive, the probe token's length, the probe networks' syntax."""
+    problems = [f"server.{key}: expected a number > 0, found {getattr(server, key)}"
+                for key in ("max_body_bytes", "max_header_bytes", "header_timeout_s", "body_timeout_s",
+                            "keep_alive_timeout_s", "max_connections", "max_concurrent_requests")
+                if getattr(server, key) <= 0]
+    if server.ready_cache_s < 0:
+        problems.append(f"server.ready_cache_s: expected a number >= 0, found {server.ready_cache_s}")
+    if server.metrics_token is not None and len(server.metrics_token) < 16:
+        problems.append("server.metrics_token: shorter than 16 characters")
+    for i, net in enumerate(server.open_probes_to):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"server.open_probes_to[{i}]: {net!r} is not an IP address or network "
+                            "(e.g. 127.0.0.1, 10.0.0.0/8, ::1)")
+    return problems
+
+
+def cross_check_problems(cfg: RouterConfig) -> list[str]:
+    """Checks that span several keys: references between sections, thresholds, expressions."""
+    problems: list[str] = value_problems(cfg)
+    for name, target in cfg.targets.items():
+        if target.backend not in cfg.backends:
+            problems.append(f"targets.{name}.backend: unknown backend {target.backend!r}; "
+                            f"expected one of {sorted(cfg.backends)}")
+        for i, fb in enumerate(target.fallback):
+            if fb not in cfg.targets:
+                problems.append(f"targets.{name}.fallback[{i}]: unknown target {fb!r}; "
+                                f"expected one of {sorted(cfg.targets)}")
+        if target.num_ctx is not None and target.num_ctx < 512:
+            problems.append(f"targets.{name}.num_ctx: {target.num_ctx} is too small; expected >= 512")
+    for name, backend in cfg.backends.items():
+        if not re.match(r"^https?://", backend.base_url):
+            problems.append(f"backends.{name}.base_url: expected an http:// or https:// URL, "
+                            f"found {backend.base_url!r}")
+    if cfg.default_target not in cfg.targets:
+        problems.append(f"default_target: unknown target {cfg.default_target!r}; "
+                        f"expected one of {sorted(cfg.targets)}")
+    for glob, target in cfg.aliases.items():
+        if target not in cfg.targets:
+            problems.append(f"aliases.{glob}: unknown target {target!r}; expected one of {sorted(cfg.targets)}")
+    seen_rules: set[str] = set()
+    for i, rule in enumerate(cfg.rules):
+        if rule.name in seen_rules:
+            problems.append(f"rules[{i}].name: duplicate rule name {rule.name!r}")
+        seen_rules.add(rule.name)
+        if rule.target not in cfg.targets:
+            problems.append(f"rules[{i}].target: unknown target {rule.target!r}; "
+                            f"expected one of {sorted(cfg.targets)}")
+        err = rules_mod.expression_error(rule.when)
+        if err:
+            problems.append(f"rules[{i}].when: {err}")
+        if rule.daily_limit is not None and rule.daily_limit < 0:
+            problems.append(f"rules[{i}].daily_limit: expected a number >= 0, found {rule.daily_limit}")
+    problems += route_problems(cfg)
+    seen_clients: set[str] = set()
+    for i, client in enumerate(cfg.clients):
+        if client.name in seen_clients:
+            problems.append(f"clients[{i}].name: duplicate client name {client.name!r}")
+        seen_clients.add(client.name)
+        if len(client.key) < 16:
+            problems.append(f"clients[{i}].key: client {client.name!r} has a key shorter than 16 characters")
+        for j, target in enumerate(client.targets or []):
+            if target not in cfg.targets:
+                problems.append(f"clients[{i}].targets[{j}]: unknown target {target!r}; "
+                                f"expected one of {sorted(cfg.targets)}")
+        if client.targets is not None and not client.targets:
+            problems.append(f"clients[{i}].targets: empty list: client {client.name!r} could reach no target; "
+                            "leave the key out to allow every target")
+    problems += _server_problems(cfg.server)
+    b = cfg.budgets
+    try:
+        ZoneInfo(b.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(f"budgets.timezone: unknown time zone {b.timezone!r}; expected an IANA name "
+                        "such as 'Europe/Berlin' or 'UTC'")
+    if not (0 <= b.alert_threshold <= b.daily_budget <= b.emergency_cutoff):
+        problems.append("budgets: expected 0 <= alert_threshold <= daily_budget <= emergency_cutoff, found "
+                        f"{b.alert_threshold} / {b.daily_budget} / {b.emergency_cutoff}")
+    # A model that can cost money must have a price: silently billing $0 would defeat the budget.
+    prices = cfg.prices or []
+    for i, price in enumerate(prices):
+        if not price.prefix:
+            problems.append(f"prices[{i}].prefix: expected a model-name prefix, found an empty string")
+        rates = [price.input, price.output, price.cache_write_5m, price.cache_write_1h, price.cache_read,
+                 price.long_input, price.long_output, price.web_search_per_1000, price.fast_multiplier,
+                 *price.inference_geo_multipliers.values()]
+        if any(r is not None and r < 0 for r in rates):
+            problems.append(f"prices[{i}] ({price.prefix}): prices and multipliers must be >= 0")
+    for name, target in cfg.targets.items():
+        backend = cfg.backends.get(target.backend)
+        if backend is not None and backend.is_cloud and find_price(prices, target.model) is None:
+            problems.append(f"targets.{name}.model: no entry in prices matches cloud model "
+                            f"{target.model!r}; add a prices entry whose prefix matches it")
+    problems += context_problems(cfg)
+    return problems

@@ -300,7 +300,7 @@ def config_warnings(cfg: RouterConfig) -> list[str]:
 
 
 def context_problems(cfg: RouterConfig) -> list[str]:
-    """Config errors about windows and limits (called from config._cross_check)."""
+    """Config errors about windows and limits (called from config_checks.cross_check_problems)."""
     problems = []
     for name, target in cfg.targets.items():
         if target.context_window is not None and target.context_window < 512:

@@ -24,9 +24,6 @@ Request = dict[str, Any]
 Message = dict[str, Any]
 StreamEvent = dict[str, Any]
 
-STOP_REASONS = ("end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal")
-
-
 def text_of(content: Any) -> str:
     """Text of a string or a list of content blocks (non-text blocks contribute nothing)."""
     if isinstance(content, str):
@@ -125,46 +122,3 @@ def observe_event(usage: Usage, event: StreamEvent) -> None:
         usage.update_from(event.get("message", {}).get("usage"))
     elif etype == "message_delta":
         usage.update_from(event.get("usage"))
-
-
-def message_to_events(message: Message) -> list[StreamEvent]:
-    """Turn a complete message into the stream events that would have produced it."""
-    start = {k: v for k, v in message.items() if k != "content"}
-    start["content"] = []
-    start["stop_reason"] = None
-    start["stop_sequence"] = None
-    usage = dict(message.get("usage") or {})
-    start["usage"] = {**usage, "output_tokens": min(usage.get("output_tokens", 0), 1)}
-    events: list[StreamEvent] = [{"type": "message_start", "message": start}]
-    for index, block in enumerate(message.get("content") or []):
-        btype = block.get("type")
-        if btype == "text":
-            events.append({"type": "content_block_start", "index": index,
-                           "content_block": {"type": "text", "text": ""}})
-            events.append({"type": "content_block_delta", "index": index,
-                           "delta": {"type": "text_delta", "text": block.get("text", "")}})
-        elif btype == "tool_use":
-            import json
-
-            events.append({"type": "content_block_start", "index": index,
-                           "content_block": {**block, "input": {}}})
-            events.append({"type": "content_block_delta", "index": index,
-                           "delta": {"type": "input_json_delta",
-                                     "partial_json": json.dumps(block.get("input") or {})}})
-        elif btype == "thinking":
-            events.append({"type": "content_block_start", "index": index,
-                           "content_block": {"type": "thinking", "thinking": ""}})
-            events.append({"type": "content_block_delta", "index": index,
-                           "delta": {"type": "thinking_delta", "thinking": block.get("thinking", "")}})
-            if block.get("signature"):
-                events.append({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "signature_delta", "signature": block["signature"]}})
-        else:
-            events.append({"type": "content_block_start", "index": index, "content_block": block})
-        events.append({"type": "content_block_stop", "index": index})
-    events.append({"type": "message_delta",
-                   "delta": {"stop_reason": message.get("stop_reason"),
-                             "stop_sequence": message.get("stop_sequence")},
-                   "usage": {"output_tokens": usage.get("output_tokens", 0)}})
-    events.append({"type": "message_stop"})
-    return events

@@ -18,6 +18,7 @@ from typing import Any
 from .classifier import RouteMatch
 from .config import RouterConfig
 from .internal import CallContext, text_of
+from .targets import prepare_for_target
 
 _SYSTEM = ("You route developer requests. Read the routes and the request, then answer with the name of "
            "the one route that fits the request best. Answer with the route name only.")
@@ -48,8 +49,8 @@ async def consult(runtime: Any, text: str, match: RouteMatch) -> RouteMatch:
     names = list(match.scores)[: settings.candidates]
     target = runtime.config.targets[settings.target]
     backend = runtime.backends[target.backend]
-    request = {"model": target.model, "max_tokens": 16, "temperature": 0, "system": _SYSTEM,
-               "messages": [{"role": "user", "content": judge_prompt(runtime.config, names, text)}]}
+    request = prepare_for_target({"max_tokens": 16, "temperature": 0, "system": _SYSTEM, "messages": [
+        {"role": "user", "content": judge_prompt(runtime.config, names, text)}]}, target)
     started = time.perf_counter()
     try:
         message = await asyncio.wait_for(backend.complete(request, target, CallContext()),

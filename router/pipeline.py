@@ -20,7 +20,6 @@ import msgspec
 from .accounting import Admission, RequestRecord, Reservation
 from .backends import BackendCredentialsRejected, BackendUnavailable
 from .classifier import RouteMatch, user_turn_text
-from .config import TargetConfig
 from .context import ContextVerdict, ContextWindows, Estimator, check_fit, too_long_message
 from .cost.bounds import limit_request, needs_exact_count, prompt_token_bound
 from .errors import (
@@ -37,6 +36,7 @@ from .internal import CallContext, Message, Request, StreamEvent, Usage
 from .judge import consult
 from .rules import RouteDecision, RuleTrace
 from .runtime import Runtime
+from .targets import capped_max_tokens, prepare_for_target
 from .turns import turn_key
 
 log = logging.getLogger("aibox_router.pipeline")
@@ -181,13 +181,6 @@ async def plan_turn(runtime: Runtime, request: Request, *, client: str, protocol
     if not forced and override is None:  # a client's own choice of target is not the turn's decision
         runtime.turns.put(key, match, plan.decision)
     return plan
-
-
-def _prepare(request: Request, target: TargetConfig) -> Request:
-    body = {**request, "model": target.model}
-    if target.max_output_tokens and int(body.get("max_tokens") or 0) > target.max_output_tokens:
-        body["max_tokens"] = target.max_output_tokens
-    return body
 
 
 class _Call:
@@ -385,7 +378,7 @@ async def _attempts(runtime: Runtime, plan: Plan, request: Request, protocol: st
     downgraded = False
     for index, target_name in enumerate(plan.chain):
         call = _Call(runtime, plan, target_name, index, downgraded, protocol, stream)
-        call.body = _prepare(request, call.target)
+        call.body = prepare_for_target(request, call.target)
         call.ctx.forward_headers = dict(forward_headers or {})
         if call.cloud:
             call.body, clamped_from = limit_request(call.body, runtime.config.budgets.reserve_output_tokens_cap)
@@ -515,10 +508,8 @@ def _stream_limits(runtime: Runtime, call: _Call, request: Request) -> StreamLim
     if call.cloud:  # the cloud enforces max_tokens itself
         return StreamLimits()
     target = call.target
-    asked = request.get("max_tokens")
-    caps = [v for v in (asked if isinstance(asked, int) else None, target.max_output_tokens) if v]
     time_limit = target.stream_time_limit_s or runtime.config.context.stream_time_limit_s
-    return StreamLimits(output_tokens=min(caps) if caps else None,
+    return StreamLimits(output_tokens=capped_max_tokens(request.get("max_tokens"), target.max_output_tokens),
                         deadline=call.started + time_limit if time_limit else None, time_limit_s=time_limit)
 
 

@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -28,9 +27,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import pipeline
-from .api import anthropic as anthropic_api
-from .api import openai as openai_api
-from .config import RouterConfig, ServerConfig, load_config
+from .api import Endpoint
+from .api.anthropic import AnthropicEndpoint
+from .api.openai import OpenAIChatEndpoint
+from .config import RouterConfig, ServerConfig
+from .config_load import default_config_path, load_config
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -49,6 +50,10 @@ log = logging.getLogger("aibox_router.server")
 # Headers passed on to the Anthropic backend. Client keys (x-api-key, authorization) never are.
 _FORWARDED = ("anthropic-version", "anthropic-beta")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+# One adapter object per inbound protocol.
+ANTHROPIC = AnthropicEndpoint()
+OPENAI = OpenAIChatEndpoint()
 
 
 class ClientKeys:
@@ -237,11 +242,16 @@ def _error_response(err: RouterError, render: Callable[[RouterError], bytes]) ->
     return Response(render(err), status_code=err.status, media_type="application/json", headers=headers)
 
 
-def render_for_path(path: str) -> Callable[[RouterError], bytes]:
-    """The error renderer of the protocol a path belongs to (OpenAI's, else Anthropic's)."""
+def endpoint_for_path(path: str) -> Endpoint:
+    """The protocol a path belongs to (OpenAI's, else Anthropic's)."""
     if path.startswith("/v1/chat/") or path == "/v1/models":
-        return openai_api.error_body
-    return anthropic_api.error_body
+        return OPENAI
+    return ANTHROPIC
+
+
+def render_for_path(path: str) -> Callable[[RouterError], bytes]:
+    """The error renderer of the protocol a path belongs to."""
+    return endpoint_for_path(path).error_body
 
 
 def _request_id(request: HTTPRequest) -> str:
@@ -254,6 +264,18 @@ def _unexpected(request: HTTPRequest, exc: BaseException, where: str) -> RouterE
     log.error("unexpected error %s (request id %s)", where, request_id, exc_info=exc)
     return RouterError(f"The router failed unexpectedly (request id {request_id}); the operator finds "
                        "the details in the router's log.")
+
+
+def as_router_error(request: HTTPRequest, exc: Exception) -> tuple[RouterError | None, str]:
+    """The one mapping from an exception raised while serving a request to the error the client
+    gets (None: the client left, nobody to answer) and the reason its unfinished answer is closed."""
+    if isinstance(exc, RouterError):
+        return exc, exc.message
+    if isinstance(exc, ClientDisconnect):
+        return None, "the client went away"
+    if isinstance(exc, RecursionError):
+        return InvalidRequestError("request body: JSON nested too deeply"), "request nested too deeply"
+    return _unexpected(request, exc, f"serving {request.url.path}"), f"router error {type(exc).__name__}"
 
 
 class _StreamedOutcome(StreamingResponse):
@@ -278,55 +300,41 @@ class _StreamedOutcome(StreamingResponse):
 
 def create_app(config_path: str | None = None, config: RouterConfig | None = None) -> Starlette:
     if config is None:
-        from .cli.common import default_config_path
-
         config = load_config(config_path or default_config_path())
     state = RouterApp(config_path, config)
 
     async def messages(request: HTTPRequest) -> Response:
-        return await _serve(request, "anthropic")
+        return await _serve(request, ANTHROPIC)
 
     async def chat_completions(request: HTTPRequest) -> Response:
-        return await _serve(request, "openai")
+        return await _serve(request, OPENAI)
 
-    async def _serve(request: HTTPRequest, protocol: str) -> Response:
-        render = anthropic_api.error_body if protocol == "anthropic" else openai_api.error_body
+    async def _serve(request: HTTPRequest, endpoint: Endpoint) -> Response:
         started = time.perf_counter()
+        protocol = endpoint.protocol
         client = "-"
         outcome: pipeline.Outcome | None = None
         async with state.use_runtime() as runtime:
             try:
                 client = state.keys.identify(request)
                 body = await read_body(request, runtime.config.server)
-                if protocol == "anthropic":
-                    internal = anthropic_api.parse_request(body)
-                    include_usage = False
-                else:
-                    internal, options = openai_api.parse_request(body)
-                    include_usage = options.include_usage
-                requested_model = str(internal.get("model") or "")
+                inbound = endpoint.parse(body)
                 kwargs: dict[str, Any] = {"client": client, "protocol": protocol, "body_size": len(body),
                                           "forward_headers": _forward_headers(request),
                                           "override": _override(request, runtime)}
-                if internal.get("stream"):
-                    outcome = await pipeline.open_stream(runtime, internal, **kwargs)
+                if inbound.stream:
+                    outcome = await pipeline.open_stream(runtime, inbound.request, **kwargs)
                 else:
-                    outcome = await pipeline.complete(runtime, internal, **kwargs)
+                    outcome = await pipeline.complete(runtime, inbound.request, **kwargs)
                 # Rendered inside the guard: a failure here still closes and settles the outcome.
                 headers = outcome.headers()
                 if outcome.events is None:
                     assert outcome.message is not None
-                    if protocol == "anthropic":
-                        content = anthropic_api.encode_message(outcome.message)
-                    else:
-                        content = msgspec.json.encode(openai_api.message_to_response(outcome.message,
-                                                                                     requested_model))
-                    response = Response(content, media_type="application/json", headers=headers)
+                    response = Response(endpoint.message_body(outcome.message, inbound),
+                                        media_type="application/json", headers=headers)
                     _log_request(request, protocol, client, outcome.target, 200, started,
                                  reason="; ".join(outcome.notes), rule=outcome.decision.rule)
                     return response
-                encoder = (_anthropic_sse(outcome.events) if protocol == "anthropic"
-                           else _openai_sse(outcome.events, requested_model, include_usage))
                 streamed = outcome
 
                 async def stream_ended() -> None:
@@ -337,41 +345,35 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
 
                 runtime.acquire()  # the stream outlives this handler; keep its runtime alive until it ends
                 try:
-                    return _StreamedOutcome(encoder, outcome, stream_ended, {**headers, **_SSE_HEADERS})
+                    return _StreamedOutcome(endpoint.stream_body(outcome.events, inbound), outcome, stream_ended,
+                                            {**headers, **_SSE_HEADERS})
                 except BaseException:
                     await runtime.release()
                     raise
-            except RouterError as err:
-                await _give_up(outcome, err.message)
-                _log_request(request, protocol, client, outcome.target if outcome else "-", err.status, started,
-                             reason=err.message)
-                return _error_response(err, render)
-            except ClientDisconnect:
-                await _give_up(outcome, "the client went away")
-                _log_request(request, protocol, client, "-", 499, started)
-                return Response(status_code=400)  # nobody is listening; uvicorn drops it
-            except RecursionError:
-                await _give_up(outcome, "request nested too deeply")
-                _log_request(request, protocol, client, "-", 400, started)
-                return _error_response(InvalidRequestError("request body: JSON nested too deeply"), render)
-            except Exception as exc:  # noqa: BLE001 - logged with its request id, answered as a 500
-                await _give_up(outcome, f"router error {type(exc).__name__}")
-                err = _unexpected(request, exc, f"serving {request.url.path}")
-                _log_request(request, protocol, client, outcome.target if outcome else "-", 500, started)
-                return _error_response(err, render)
+            except Exception as exc:  # noqa: BLE001 - every failure is answered in the protocol's shape
+                err, why = as_router_error(request, exc)
+                await _give_up(outcome, why)
+                # A request that never got that far (body unreadable, too deep) has no target yet.
+                early = isinstance(exc, ClientDisconnect | RecursionError)
+                target = outcome.target if outcome is not None and not early else "-"
+                if err is None:
+                    _log_request(request, protocol, client, target, 499, started)
+                    return Response(status_code=400)  # nobody is listening; uvicorn drops it
+                _log_request(request, protocol, client, target, err.status, started,
+                             reason=err.message if isinstance(exc, RouterError) else "")
+                return _error_response(err, endpoint.error_body)
 
     async def count_tokens(request: HTTPRequest) -> Response:
         async with state.use_runtime() as runtime:
             try:
                 client = state.keys.identify(request)
                 body = await read_body(request, runtime.config.server)
-                internal = anthropic_api.parse_count_tokens_request(body)
+                internal = ANTHROPIC.parse_count_tokens(body)
                 tokens = await _count_tokens(runtime, internal, len(body), _forward_headers(request), client)
-            except RouterError as err:
-                return _error_response(err, anthropic_api.error_body)
-            except RecursionError:
-                return _error_response(InvalidRequestError("request body: JSON nested too deeply"),
-                                       anthropic_api.error_body)
+            except (RouterError, RecursionError) as exc:
+                err, _ = as_router_error(request, exc)
+                assert err is not None
+                return _error_response(err, ANTHROPIC.error_body)
             return JSONResponse({"input_tokens": tokens})
 
     async def models(request: HTTPRequest) -> Response:
@@ -380,11 +382,11 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         try:
             client = state.keys.identify(request)
         except RouterError as err:
-            return _error_response(err, openai_api.error_body)
+            return _error_response(err, OPENAI.error_body)
         allowed = runtime.config.client_targets(client)
         targets = {n: t for n, t in runtime.config.targets.items() if allowed is None or n in allowed}
         names = list(targets) + [t.model for t in targets.values()]
-        return Response(openai_api.models_list(list(dict.fromkeys(names))), media_type="application/json")
+        return Response(OPENAI.models_body(list(dict.fromkeys(names))), media_type="application/json")
 
     async def health(request: HTTPRequest) -> Response:
         return JSONResponse({"status": "ok"})
@@ -393,7 +395,7 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         try:
             state.probes.check(request, state.keys)
         except RouterError as err:
-            return _error_response(err, anthropic_api.error_body)
+            return _error_response(err, ANTHROPIC.error_body)
         answer, status = await state.readiness()
         return JSONResponse(answer, status_code=status)
 
@@ -406,7 +408,7 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         try:
             state.probes.check(request, state.keys)
         except RouterError as err:
-            return _error_response(err, anthropic_api.error_body)
+            return _error_response(err, ANTHROPIC.error_body)
         content, content_type = metrics_mod.render()
         return Response(content, media_type=content_type)
 
@@ -505,45 +507,6 @@ async def _count_tokens(runtime: Runtime, internal: dict[str, Any], body_size: i
         log.info("count_tokens via %s failed (%s); using the estimate", target.backend, e)
         exact = None
     return exact if exact is not None else plan.features.input_tokens
-
-
-async def _anthropic_sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    try:
-        async for event in events:
-            yield anthropic_api.encode_event(event)
-    except RouterError as err:  # failure after the stream started: an SSE error event, as Anthropic does
-        yield anthropic_api.error_event(err)
-    except Exception as err:
-        log.exception("stream failed")
-        yield anthropic_api.error_event(RouterError(f"stream failed: {type(err).__name__}"))
-    finally:
-        await _close(events)
-
-
-async def _openai_sse(events: AsyncIterator[dict[str, Any]], model: str,
-                      include_usage: bool) -> AsyncIterator[bytes]:
-    encoder = openai_api.StreamEncoder(model=model, include_usage=include_usage)
-    try:
-        async for event in events:
-            chunk = encoder.feed(event)
-            if chunk:
-                yield chunk
-        tail = encoder.finish()
-        if tail:
-            yield tail
-    except RouterError as err:
-        yield b"data: " + openai_api.error_body(err) + b"\n\n"
-    except Exception as err:
-        log.exception("stream failed")
-        yield b"data: " + openai_api.error_body(RouterError(f"stream failed: {type(err).__name__}")) + b"\n\n"
-    finally:
-        await _close(events)
-
-
-async def _close(events: AsyncIterator[Any]) -> None:
-    closer = getattr(events, "aclose", None)
-    if closer is not None:
-        await closer()
 
 
 def _log_request(request: HTTPRequest, protocol: str, client: str, target: str, status: int,

@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from ..api.anthropic import error_from_event
 from ..config import TargetConfig
 from ..errors import UpstreamStatusError
 from ..internal import CallContext, Message, Request, StreamEvent, observe_event
-from ..sse import aiter_sse
+from ..wire.anthropic import api_error_event, error_from_event
+from ..wire.sse import aiter_sse
 from .base import (
     TRANSPORT_ERRORS,
     Backend,
@@ -120,17 +120,17 @@ class AnthropicBackend(Backend):
         except TRANSPORT_ERRORS as exc:
             if not started:
                 raise connection_failure(self.name, exc) from exc
-            yield _stream_error(f"connection to backend {self.name!r} lost mid-stream: {type(exc).__name__}")
+            yield api_error_event(f"connection to backend {self.name!r} lost mid-stream: {type(exc).__name__}")
             return
         except BackendUnavailable as exc:
             if not started:
                 raise
-            yield _stream_error(exc.reason)
+            yield api_error_event(exc.reason)
             return
         if not started:
             raise BackendUnavailable(self.name, "stream ended before any event")
         if not stopped:
-            yield _stream_error(f"backend {self.name!r} ended the stream before message_stop")
+            yield api_error_event(f"backend {self.name!r} ended the stream before message_stop")
 
     def _parse_event(self, name: str, data: str) -> StreamEvent:
         try:
@@ -197,6 +197,3 @@ class AnthropicBackend(Backend):
         models = data.get("data") if isinstance(data, dict) else None
         return [m["id"] for m in models or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
-
-def _stream_error(message: str) -> StreamEvent:
-    return {"type": "error", "error": {"type": "api_error", "message": message}}

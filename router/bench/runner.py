@@ -24,6 +24,7 @@ from ..config import RouterConfig, TargetConfig
 from ..errors import RouterError
 from ..gpu import GpuMonitor, energy_between
 from ..internal import CallContext, StreamEvent
+from ..targets import prepare_for_target
 from .suite import BenchTask
 
 Progress = Callable[["BenchRun", int, int], None]
@@ -61,10 +62,7 @@ def local_targets(config: RouterConfig) -> list[str]:
 
 
 def _prepared(task: BenchTask, target: TargetConfig) -> dict[str, Any]:
-    req = task.request(target.model)
-    if target.max_output_tokens and req["max_tokens"] > target.max_output_tokens:
-        req["max_tokens"] = target.max_output_tokens
-    return req
+    return prepare_for_target(task.request(target.model), target)
 
 
 def _delta_text(event: StreamEvent) -> str | None:

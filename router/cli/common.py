@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from ..config import RouterConfig, load_config
+from ..config import RouterConfig
+from ..config_load import default_config_path, load_config
 from ..errors import ConfigError
 
-
-def default_config_path() -> str:
-    # Shipped as package data beside the code (works for wheels and editable installs alike).
-    return str(Path(__file__).resolve().parent.parent / "defaults" / "config.yml")
+__all__ = ["default_config_path", "load_or_exit"]
 
 
 def load_or_exit(path: str | None) -> RouterConfig:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..config import load_config
 from ..config_checks import config_warnings
+from ..config_load import load_config
 from ..context import config_warnings as context_warnings
 from ..context import static_window
 from ..errors import ConfigError

@@ -34,10 +34,10 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
     """Read a request body from REQUEST_FILE (or stdin) and print which rule matches, why, and which
     backend and model would answer. Nothing is sent to any backend and nothing is recorded."""
     from .. import pipeline
-    from ..api import anthropic as anthropic_api
-    from ..api import openai as openai_api
     from ..errors import RouterError
     from ..rules import RuleEngine
+    from ..wire import anthropic as anthropic_api
+    from ..wire import openai_chat as openai_api
 
     config = load_or_exit(config_path)
     body = request_file.read()

@@ -21,7 +21,8 @@ from aiohttp import web
 
 from aibox_router.classifier import RouteClassifier, user_turn_text
 from aibox_router.cli.common import default_config_path
-from aibox_router.config import BackendConfig, parse_config
+from aibox_router.config import BackendConfig
+from aibox_router.config_load import parse_config
 from aibox_router.cost import SqliteLedger, day_of
 from aibox_router.embeddings import EmbeddingCache, EmbeddingClient
 from tests.doubles.fake_ollama import FakeOllama, absent_url

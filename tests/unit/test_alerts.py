@@ -18,7 +18,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from aibox_router.accounting import RequestRecord
-from aibox_router.config import AlertsConfig, EmailAlertConfig, WebhookAlertConfig, parse_config
+from aibox_router.config import AlertsConfig, EmailAlertConfig, WebhookAlertConfig
+from aibox_router.config_load import parse_config
 from aibox_router.cost import CostControl
 from aibox_router.cost.alerts import Alerter, threshold_alert
 from aibox_router.internal import Usage

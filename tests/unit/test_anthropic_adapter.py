@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from aibox_router import sse
-from aibox_router.api import anthropic as adapter
 from aibox_router.errors import (
     BudgetExhaustedError,
     InvalidRequestError,
     UpstreamError,
     UpstreamStatusError,
 )
-from aibox_router.internal import message_to_events
+from aibox_router.wire import anthropic as adapter
+from aibox_router.wire import sse
+from tests.support.anthropic_stream import accumulate, accumulate_async, message_to_events
 
 
 def body(**fields) -> bytes:
@@ -225,7 +225,7 @@ def test_system_messages_conversion_keeps_block_system_and_skips_when_nothing_to
 
 def test_accumulate_rebuilds_the_message_from_its_events():
     message = _sample_message()
-    assert adapter.accumulate(message_to_events(message)) == message
+    assert accumulate(message_to_events(message)) == message
 
 
 def test_accumulate_joins_fragments_and_merges_usage():
@@ -244,7 +244,7 @@ def test_accumulate_joins_fragments_and_merges_usage():
          "usage": {"output_tokens": 33}},
         {"type": "message_stop"},
     ]
-    message = adapter.accumulate(iter(events))
+    message = accumulate(iter(events))
     assert message["content"] == [{"type": "tool_use", "id": "t", "name": "Read",
                                    "input": {"file_path": "/tmp/x", "limit": 10}}]
     assert message["stop_reason"] == "tool_use"
@@ -257,14 +257,14 @@ def test_accumulate_tool_use_without_input_gets_an_empty_object():
                                 "content": [{"type": "tool_use", "id": "t", "name": "Now", "input": {}}],
                                 "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1}})
     events[2]["delta"]["partial_json"] = ""
-    assert adapter.accumulate(events)["content"][0]["input"] == {}
+    assert accumulate(events)["content"][0]["input"] == {}
 
 
 def test_accumulate_raises_the_upstream_error_event():
     events = message_to_events(_sample_message())[:3]
     events.append({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
     with pytest.raises(UpstreamStatusError) as info:
-        adapter.accumulate(events)
+        accumulate(events)
     assert info.value.status == 529 and info.value.anthropic_type == "overloaded_error"
     assert json.loads(adapter.error_body(info.value))["error"] == {"type": "overloaded_error",
                                                                    "message": "Overloaded"}
@@ -278,7 +278,7 @@ def test_accumulate_raises_the_upstream_error_event():
 ])
 def test_accumulate_rejects_incomplete_streams(events, match):
     with pytest.raises(UpstreamError, match=match):
-        adapter.accumulate(events)
+        accumulate(events)
 
 
 def test_accumulate_rejects_broken_tool_json():
@@ -287,7 +287,7 @@ def test_accumulate_rejects_broken_tool_json():
         if event.get("delta", {}).get("type") == "input_json_delta":
             event["delta"]["partial_json"] = '{"command": '
     with pytest.raises(UpstreamError, match="invalid JSON"):
-        adapter.accumulate(events)
+        accumulate(events)
 
 
 async def test_accumulate_async_matches_accumulate():
@@ -295,4 +295,4 @@ async def test_accumulate_async_matches_accumulate():
         for event in message_to_events(_sample_message()):
             yield event
 
-    assert await adapter.accumulate_async(events()) == _sample_message()
+    assert await accumulate_async(events()) == _sample_message()

@@ -11,7 +11,6 @@ import anthropic
 import httpx
 import pytest
 
-from aibox_router.api.anthropic import accumulate
 from aibox_router.backends import create_backend
 from aibox_router.backends.anthropic import AnthropicBackend
 from aibox_router.backends.base import BackendCredentialsRejected, BackendUnavailable
@@ -19,6 +18,7 @@ from aibox_router.config import BackendConfig, TargetConfig
 from aibox_router.errors import UpstreamStatusError
 from aibox_router.internal import CallContext
 from tests.doubles.fake_anthropic import MODELS, FakeAnthropic, Reply
+from tests.support.anthropic_stream import accumulate
 
 KEY_ENV = "AIBOX_TEST_ANTHROPIC_KEY"
 ROUTER_KEY = "sk-ant-router-key-for-tests"

@@ -14,7 +14,8 @@ import pytest
 
 from aibox_router.backends import create_backend
 from aibox_router.backends.anthropic import AnthropicBackend
-from aibox_router.config import BackendConfig, TargetConfig, embedded_prices
+from aibox_router.config import BackendConfig, TargetConfig
+from aibox_router.config_load import embedded_prices
 from aibox_router.internal import CallContext
 from aibox_router.pricing import cost_usd, find_price
 from tests.doubles.fake_anthropic import FakeAnthropic, Reply

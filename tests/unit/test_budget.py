@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from aibox_router.accounting import RequestRecord
-from aibox_router.config import AlertsConfig, RouterConfig, parse_config
+from aibox_router.config import AlertsConfig, RouterConfig
+from aibox_router.config_load import parse_config
 from aibox_router.cost import CostControl, SqliteLedger
 from aibox_router.cost.alerts import Alert, Alerter
 from aibox_router.cost.ledger import CutoffState

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from aibox_router.cli.common import default_config_path
-from aibox_router.config import load_config, parse_config
+from aibox_router.config_load import load_config, parse_config
 from aibox_router.errors import ConfigError
 
 DEFAULT = yaml.safe_load(Path(default_config_path()).read_text())

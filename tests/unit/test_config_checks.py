@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from aibox_router.cli import main
 from aibox_router.cli.common import default_config_path
-from aibox_router.config import load_config, parse_config
 from aibox_router.config_checks import config_warnings
+from aibox_router.config_load import load_config, parse_config
 from aibox_router.errors import ConfigError
 
 

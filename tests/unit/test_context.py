@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 
 from aibox_router import pipeline
-from aibox_router.api import anthropic as anthropic_api
-from aibox_router.api import openai as openai_api
 from aibox_router.backends import create_backend
-from aibox_router.config import parse_config
+from aibox_router.config_load import parse_config
 from aibox_router.context import (
     OLLAMA_ASSUMED_DEFAULT,
     ByteClasses,
@@ -28,6 +26,8 @@ from aibox_router.context import (
 from aibox_router.cost import SqliteLedger
 from aibox_router.errors import ConfigError, PromptTooLongError, StreamLimitError
 from aibox_router.runtime import Runtime
+from aibox_router.wire import anthropic as anthropic_api
+from aibox_router.wire import openai_chat as openai_api
 from tests.doubles.fake_window_servers import FakeWindowServer
 
 CC_FIXTURE = Path(__file__).parents[1] / "fixtures" / "claude_code_request.json"

@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from aibox_router.cli import main
-from aibox_router.config import load_config
+from aibox_router.config_load import load_config
 from aibox_router.cost import CostControl, LedgerRow, SqliteLedger, day_of
 from aibox_router.metrics import Metrics
 

@@ -21,7 +21,8 @@ from click.testing import CliRunner
 
 from aibox_router.cli import main
 from aibox_router.cli.common import default_config_path
-from aibox_router.config import RouterConfig, interpolate_env, parse_config
+from aibox_router.config import RouterConfig
+from aibox_router.config_load import interpolate_env, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -11,7 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aibox_router.config import GpuConfig, parse_config
+from aibox_router.config import GpuConfig
+from aibox_router.config_load import parse_config
 from aibox_router.features import Features
 from aibox_router.gpu import (
     FEATURE_NAMES,

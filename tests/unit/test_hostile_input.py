@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from aibox_router.config import parse_config
+from aibox_router.config_load import parse_config
 from aibox_router.server import create_app
 from tests.doubles.fake_ollama import FakeOllama
 from tests.support.hostile_cases import (
@@ -354,8 +354,9 @@ def test_client_targets_bind_the_override_and_model_name(app_client, fake_anthro
 
 
 def test_image_urls_do_not_reach_openai_compatible_backends():
-    from aibox_router.backends.openai import URL_IMAGE_NOTE, to_openai_request
     from aibox_router.config import TargetConfig
+    from aibox_router.wire.chat_common import URL_IMAGE_NOTE
+    from aibox_router.wire.openai_chat import to_openai_request
 
     request = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
         {"type": "text", "text": "what is this"},
@@ -414,7 +415,7 @@ def test_an_error_no_endpoint_catches_is_a_500_in_shape_with_its_request_id(app_
     def broken(*args, **kwargs):
         raise RuntimeError("models listing bug")
 
-    monkeypatch.setattr(server.openai_api, "models_list", broken)
+    monkeypatch.setattr(server.OPENAI, "models_body", broken)
     with caplog.at_level(logging.ERROR, logger="aibox_router.server"):
         r = app_client.get("/v1/models", headers=A)
     message = assert_openai_error(r, 500)

@@ -10,10 +10,12 @@ import pytest
 
 from aibox_router.backends import create_backend
 from aibox_router.backends.base import BackendUnavailable
-from aibox_router.backends.ollama import OllamaBackend, to_ollama_request
+from aibox_router.backends.ollama import OllamaBackend
 from aibox_router.config import BackendConfig, TargetConfig
 from aibox_router.errors import UpstreamError, UpstreamStatusError
 from aibox_router.internal import CallContext
+from aibox_router.targets import prepare_for_target
+from aibox_router.wire.ollama import to_ollama_request
 from tests.doubles.fake_ollama import FakeOllama, Reply, absent_url
 
 MODEL = "qwen2.5-coder:7b"
@@ -50,7 +52,9 @@ def text_of(events: list[dict[str, Any]]) -> str:
 
 async def test_sends_num_ctx_keep_alive_and_options(backend: OllamaBackend, fake: FakeOllama) -> None:
     fake.reply_text("Hello!")
-    await backend.complete({**REQUEST, "stop_sequences": ["###"], "top_p": 0.8}, TARGET, CallContext())
+    # The pipeline caps max_tokens (8000) to the target's max_output_tokens; the backend sends it on.
+    request = prepare_for_target({**REQUEST, "stop_sequences": ["###"], "top_p": 0.8}, TARGET)
+    await backend.complete(request, TARGET, CallContext())
     sent = fake.last_request
     assert sent["model"] == MODEL and sent["stream"] is False
     assert sent["keep_alive"] == "30m"
@@ -216,7 +220,7 @@ async def test_health_tags_and_show(backend: OllamaBackend, fake: FakeOllama) ->
 
 
 async def test_ndjson_lines_reassembles_lines_however_the_chunks_cut_them() -> None:
-    from aibox_router.backends.ollama import ndjson_lines
+    from aibox_router.wire.ndjson import ndjson_lines
 
     long_line = b'{"message": {"content": "' + b"x" * 200_000 + b'"}}'
     stream = b'{"a": 1}\n{"b"' + b': 2}\n' + long_line + b"\n" + b'{"done": true}'  # no final newline

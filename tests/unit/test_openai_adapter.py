@@ -17,10 +17,8 @@ import openai
 import pytest
 from aiohttp import web
 
-from aibox_router.api import openai as api
-from aibox_router.backends import openai as backend_mod
 from aibox_router.backends.base import BackendUnavailable
-from aibox_router.backends.openai import OpenAIBackend, to_openai_request
+from aibox_router.backends.openai import OpenAIBackend
 from aibox_router.config import BackendConfig, TargetConfig
 from aibox_router.errors import (
     BudgetExhaustedError,
@@ -28,8 +26,13 @@ from aibox_router.errors import (
     UpstreamError,
     UpstreamStatusError,
 )
-from aibox_router.internal import CallContext, message_to_events
+from aibox_router.internal import CallContext
+from aibox_router.targets import prepare_for_target
+from aibox_router.wire import chat_common
+from aibox_router.wire import openai_chat as api
+from aibox_router.wire.openai_chat import to_openai_request
 from tests.doubles.scripted_upstream import Seen, reply, scripted_upstream
+from tests.support.anthropic_stream import message_to_events
 
 TARGET = TargetConfig(backend="llama", model="smollm2")
 TOOLS = [{"type": "function", "function": {
@@ -330,7 +333,7 @@ def test_outbound_request_translation() -> None:
         ],
     }
     target = TargetConfig(backend="llama", model="smollm2", max_output_tokens=1024)
-    body = to_openai_request(request, target, stream=True)
+    body = to_openai_request(prepare_for_target(request, target), target, stream=True)
     assert body["max_tokens"] == 1024
     assert body["stream_options"] == {"include_usage": True}
     assert body["stop"] == ["###"] and body["temperature"] == 0.5
@@ -479,7 +482,7 @@ async def test_backend_stream_without_usage_estimates_and_flags() -> None:
     delta = events[-2]
     assert delta["delta"]["stop_reason"] == "max_tokens"
     assert delta["usage"]["output_tokens"] == 5  # 20 characters / 4
-    assert delta["usage"]["input_tokens"] == backend_mod.estimate_prompt_tokens(REQUEST) > 0
+    assert delta["usage"]["input_tokens"] == chat_common.estimate_prompt_tokens(REQUEST) > 0
     assert ctx.usage.estimated
     assert ctx.usage.output_tokens == 5
 
@@ -548,9 +551,9 @@ async def test_backend_models_and_health() -> None:
 
 
 def test_malformed_tool_arguments_are_kept_visible() -> None:
-    assert backend_mod.parse_arguments("{\"a\": 1}") == {"a": 1}
-    assert backend_mod.parse_arguments("") == {}
-    assert backend_mod.parse_arguments("{broken") == {"invalid_json_arguments": "{broken"}
+    assert chat_common.parse_arguments("{\"a\": 1}") == {"a": 1}
+    assert chat_common.parse_arguments("") == {}
+    assert chat_common.parse_arguments("{broken") == {"invalid_json_arguments": "{broken"}
 
 
 def test_chunks_are_valid_json_for_msgspec() -> None:

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from aibox_router.cli import main
-from aibox_router.config import embedded_prices, parse_config
+from aibox_router.config_load import embedded_prices, parse_config
 from aibox_router.pricing import find_price
 
 MINIMAL = {

@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from aibox_router.config import PriceConfig, embedded_prices
+from aibox_router.config import PriceConfig
+from aibox_router.config_load import embedded_prices
 from aibox_router.internal import Usage
 from aibox_router.pricing import UnpricedMode, cost_usd, find_price, usd, worst_case_cost
 

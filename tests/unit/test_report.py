@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from aibox_router.config import RouterConfig, parse_config
+from aibox_router.config import RouterConfig
+from aibox_router.config_load import parse_config
 from aibox_router.cost.chart import write_chart
 from aibox_router.cost.ledger import LedgerRow, SqliteLedger
 from aibox_router.cost.report import build_report, day_range, format_report, percentile, report_to_json

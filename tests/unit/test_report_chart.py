@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from aibox_router.config import RouterConfig, parse_config
+from aibox_router.config import RouterConfig
+from aibox_router.config_load import parse_config
 from aibox_router.cost.chart import (
     DPI,
     FIGSIZE_IN,

@@ -14,7 +14,7 @@ from aiohttp import web
 from aibox_router.backends import create_backend
 from aibox_router.classifier import RouteMatch
 from aibox_router.cli.common import default_config_path
-from aibox_router.config import parse_config
+from aibox_router.config_load import parse_config
 from aibox_router.errors import ConfigError
 from aibox_router.judge import consult, judge_prompt, pick_route
 from tests.doubles.fake_ollama import FakeOllama, Reply

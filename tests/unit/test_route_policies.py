@@ -12,7 +12,7 @@ import yaml
 from aibox_router.accounting import RequestRecord
 from aibox_router.classifier import RouteMatch, clean_turn_text, user_turn_text
 from aibox_router.cli.common import default_config_path
-from aibox_router.config import parse_config
+from aibox_router.config_load import parse_config
 from aibox_router.cost import LedgerRow, SqliteLedger
 from aibox_router.errors import ConfigError
 from aibox_router.features import Features

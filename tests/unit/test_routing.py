@@ -6,7 +6,7 @@ import pytest
 
 from aibox_router.classifier import RouteClassifier
 from aibox_router.cli.common import default_config_path
-from aibox_router.config import load_config
+from aibox_router.config_load import load_config
 from aibox_router.features import (
     _COMPILED,
     _TASK_PATTERNS,
@@ -200,7 +200,7 @@ def test_thinking_and_tools_are_features():
 def test_a_rule_failing_at_run_time_does_not_spoil_the_others():
     import yaml
 
-    from aibox_router.config import parse_config
+    from aibox_router.config_load import parse_config
 
     with open(default_config_path()) as f:
         data = yaml.safe_load(f)

@@ -83,7 +83,7 @@ def test_status_json_without_ledger_or_router(tmp_path: Path):
 
 def test_status_probes_the_configured_address_and_exits_by_what_is_down(tmp_path: Path):
     from aibox_router.cli.status import router_url
-    from aibox_router.config import load_config
+    from aibox_router.config_load import load_config
     from tests.support.router_process import RouterProcess
 
     with FakeOllama(["qwen2.5-coder:7b"]) as ollama:
@@ -106,7 +106,7 @@ def test_status_probes_the_configured_address_and_exits_by_what_is_down(tmp_path
 
 def test_router_url_maps_wildcard_addresses_to_loopback(tmp_path: Path):
     from aibox_router.cli.status import router_url
-    from aibox_router.config import parse_config
+    from aibox_router.config_load import parse_config
 
     def url(host: str) -> str:
         return router_url(parse_config({"server": {"host": host, "port": 9000}, "backends": {}, "targets": {},
