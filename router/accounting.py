@@ -1,17 +1,16 @@
-"""The contract between the request pipeline and cost control (ledger, budgets, cutoff).
+"""The records that pass between the request pipeline and cost control (ledger, budgets, cutoff).
 
-The pipeline asks ``admit`` before it spends money and calls ``settle`` exactly once for every
-admitted call when it ends, however it ends (success, upstream failure, client abort), with the
-usage seen so far. The implementation lives in ``cost/``.
+The pipeline asks ``CostControl.admit`` (cost/budget.py) before it spends money and calls
+``settle`` exactly once for every admitted call when it ends, however it ends (success, upstream
+failure, client abort), with the usage seen so far. Runtime holds the CostControl itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Protocol
 
-from .internal import Request, Usage
+from .internal import Usage
 
 
 @dataclass
@@ -62,17 +61,3 @@ class RequestRecord:
     skipped: str = ""  # targets passed over because the prompt does not fit them: "coder=context,general=context"
     route: str = ""  # the route policy of the user turn (features.route)
     route_source: str = ""  # "embedding", or "keyword" when the embedding backend did not answer
-
-
-class Accounting(Protocol):
-    def rule_count_today(self, rule: str) -> int: ...
-
-    def rule_started(self, rule: str) -> None:
-        """A call for *rule* is about to go out; its settle() ends the in-flight count."""
-
-    async def admit(self, *, target: str, model: str, client: str, request: Request,
-                    input_tokens: int) -> Admission:
-        """Reserve the worst case of sending *request* (as it will go out) to *model*; *input_tokens*
-        is an upper bound on its prompt tokens (cost/bounds.py)."""
-
-    async def settle(self, reservation: Reservation | None, record: RequestRecord) -> None: ...

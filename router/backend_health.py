@@ -19,6 +19,9 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .cost.alerts import Alert
+from .metrics import register_collector
+
 log = logging.getLogger("aibox_router.backend_health")
 
 CREDENTIALS_ALERT_KIND = "backend_credentials_rejected"
@@ -58,8 +61,6 @@ class BackendHealth:
 
 
 def credentials_alert(backend: str, reason: str) -> Any:
-    from .cost.alerts import Alert
-
     day = time.strftime("%Y-%m-%d", time.gmtime())
     return Alert(kind=CREDENTIALS_ALERT_KIND,
                  title=f"aibox-router: backend {backend!r} rejects the router's API key",
@@ -99,8 +100,6 @@ _COLLECTOR: BackendCollector | None = None
 def register_metrics(source: Callable[[], tuple[list[str], BackendHealth] | None]) -> None:
     """Export the backend gauges on ``/metrics``; later calls only re-point the one collector."""
     global _COLLECTOR
-    from .metrics import register_collector
-
     if _COLLECTOR is None:
         _COLLECTOR = BackendCollector(source)
         register_collector(_COLLECTOR)

@@ -33,6 +33,7 @@ from decimal import Decimal
 from typing import Any
 
 from .config import GpuConfig
+from .metrics import register_collector
 
 log = logging.getLogger("aibox_router.gpu")
 
@@ -327,13 +328,9 @@ def register_metrics(source: GpuMonitor | Callable[[], GpuMonitor | None] | None
     """Export GPU gauges on the router's ``/metrics`` (``metrics.register_collector``).
 
     Safe to call again (each server start, each test app): the collector is registered once per
-    process and later calls only point it at the new *source*. False when metrics.py is absent.
+    process and later calls only point it at the new *source*.
     """
     global _REGISTERED
-    try:
-        from .metrics import register_collector
-    except ImportError:
-        return False
     if _REGISTERED is None:
         _REGISTERED = GpuCollector(source)
         register_collector(_REGISTERED)

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from .backend_health import BackendHealth
 from .backends import Backend, create_backend
 from .classifier import RouteClassifier
 from .config import RouterConfig
 from .context import ContextWindows
+from .cost import CostControl
+from .gpu import GpuMonitor
 from .rules import RuleEngine
 from .turns import TurnCache
-
-if TYPE_CHECKING:
-    from .cost import CostControl
-    from .gpu import GpuMonitor
 
 log = logging.getLogger("aibox_router.runtime")
 
@@ -46,8 +43,6 @@ class Runtime:
 
     @classmethod
     def open(cls, config: RouterConfig) -> Runtime:
-        from .cost import CostControl
-
         return cls(config, _make_backends(config), CostControl.open(config), _make_gpu(config))
 
     def successor(self, config: RouterConfig) -> Runtime:
@@ -100,9 +95,5 @@ def _make_backends(config: RouterConfig) -> dict[str, Backend]:
 
 def _make_gpu(config: RouterConfig) -> GpuMonitor | None:
     if not config.gpu.enabled:
-        return None
-    try:
-        from .gpu import GpuMonitor
-    except ImportError:  # gpu.py absent in a trimmed install: routing uses the configured defaults
         return None
     return GpuMonitor(config.gpu)

@@ -26,10 +26,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from . import metrics as metrics_mod
 from . import pipeline
 from .api import Endpoint
 from .api.anthropic import AnthropicEndpoint
 from .api.openai import OpenAIChatEndpoint
+from .backend_health import register_metrics as register_backend_metrics
 from .config import RouterConfig, ServerConfig
 from .config_load import default_config_path, load_config
 from .errors import (
@@ -42,7 +44,9 @@ from .errors import (
     RequestTooLargeError,
     RouterError,
 )
+from .gpu import register_metrics as register_gpu_metrics
 from .http_guard import REQUEST_ID_KEY, RequestGuard
+from .internal import CallContext
 from .runtime import Runtime
 
 log = logging.getLogger("aibox_router.server")
@@ -403,8 +407,6 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         return Response(b"aibox-router\n" if request.method == "GET" else b"", media_type="text/plain")
 
     async def metrics(request: HTTPRequest) -> Response:
-        from . import metrics as metrics_mod
-
         try:
             state.probes.check(request, state.keys)
         except RouterError as err:
@@ -439,11 +441,7 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.start()
-        from .gpu import register_metrics
-
-        register_metrics(lambda: state.runtime.gpu if state.runtime is not None else None)
-        from .backend_health import register_metrics as register_backend_metrics
-
+        register_gpu_metrics(lambda: state.runtime.gpu if state.runtime is not None else None)
         register_backend_metrics(lambda: None if state.runtime is None
                                  else (list(state.runtime.backends), state.runtime.backend_health))
         loop = asyncio.get_running_loop()
@@ -494,8 +492,6 @@ async def _probe(backend: Any) -> tuple[bool, str]:
 async def _count_tokens(runtime: Runtime, internal: dict[str, Any], body_size: int,
                         forward_headers: dict[str, str], client: str) -> int:
     """Exact count from a cloud backend when the request would go there, else the router's estimate."""
-    from .internal import CallContext
-
     plan = pipeline.plan_request(runtime, {**internal, "max_tokens": 1}, client=client,
                                  protocol="anthropic", body_size=body_size)
     target = runtime.config.targets[plan.decision.target]

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 from ..config import BackendConfig
+from .anthropic import AnthropicBackend
 from .base import Backend, BackendCredentialsRejected, BackendUnavailable
+from .ollama import OllamaBackend
+from .openai import OpenAIBackend
 
 
 def create_backend(name: str, config: BackendConfig) -> Backend:
-    """Build the adapter for a configured backend (imported lazily: start-up loads only what is used)."""
+    """Build the backend for a configured ``backends.<name>`` entry."""
     if config.type == "anthropic":
-        from .anthropic import AnthropicBackend
-
         return AnthropicBackend(name, config)
     if config.type == "ollama":
-        from .ollama import OllamaBackend
-
         return OllamaBackend(name, config)
     if config.type == "openai":
-        from .openai import OpenAIBackend
-
         return OpenAIBackend(name, config)
     raise ValueError(f"unknown backend type {config.type!r}")
 

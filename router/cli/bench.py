@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
+from ..bench import report
+from ..bench.runner import BenchRun, local_targets, run_bench
+from ..bench.suite import TaskFileError, load_tasks
+from ..gpu import GpuMonitor
 from . import config_option
 from .common import default_config_path, load_or_exit
-
-if TYPE_CHECKING:
-    from ..bench.runner import BenchRun
 
 
 def _split(value: str | None) -> list[str]:
@@ -43,11 +43,6 @@ def bench(config_path: str | None, task_dirs: tuple[str, ...], no_builtin: bool,
     prints one line per run (stderr) and a comparison table, and writes OUTPUT as JSON. Benchmark
     calls are not routed, budgeted or recorded in the ledger.
     """
-    from ..bench import report
-    from ..bench.runner import local_targets, run_bench
-    from ..bench.suite import TaskFileError, load_tasks
-    from ..gpu import GpuMonitor
-
     config = load_or_exit(config_path)
     try:
         tasks = load_tasks(list(task_dirs), builtin=not no_builtin, only=_split(only))
@@ -84,7 +79,7 @@ def bench(config_path: str | None, task_dirs: tuple[str, ...], no_builtin: bool,
     click.echo(report.table(doc["summary"]))
     click.echo(f"\nresults written to {output}")
     if chart:
-        from ..bench.chart import draw_chart
+        from ..bench.chart import draw_chart  # matplotlib: loaded only when a chart is asked for
 
         draw_chart(doc["summary"], chart)
         click.echo(f"chart written to {chart}")

@@ -8,7 +8,11 @@ import socket
 from pathlib import Path
 
 import click
+import uvicorn
 
+from ..config_checks import config_warnings
+from ..http_guard import HeadLimits, guarded_protocol
+from ..server import create_app, render_for_path
 from . import config_option
 from .common import load_or_exit
 
@@ -19,12 +23,6 @@ from .common import load_or_exit
 @click.option("--port", type=int, default=None, help="Listen port (default: server.port from the config).")
 def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     """Serve the Anthropic- and OpenAI-compatible API. SIGHUP reloads the config file."""
-    import uvicorn
-
-    from ..config_checks import config_warnings
-    from ..http_guard import HeadLimits, guarded_protocol
-    from ..server import create_app, render_for_path
-
     config = load_or_exit(config_path)
     _check_state_dir(config.server.state_dir, config_path)
     logging.basicConfig(level=config.server.log_level.upper(),

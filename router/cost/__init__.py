@@ -1,7 +1,7 @@
 """Cost control: the ledger, budgets and the emergency cutoff, alerts, reports.
 
-``CostControl`` implements ``accounting.Accounting`` for the pipeline; the operator commands
-(``report``, ``cutoff``, ``budget``) read the same ledger. See docs/cost-control.md.
+``CostControl`` is the pipeline's accounting (``admit`` before a cloud call, ``settle`` after
+every call); the operator commands (``report``, ``cutoff``, ``budget``) read the same ledger. See docs/cost-control.md.
 """
 
 from __future__ import annotations

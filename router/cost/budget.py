@@ -117,7 +117,7 @@ def _most_expensive(prices: list[PriceConfig]) -> PriceConfig | None:
 
 
 class CostControl:
-    """accounting.Accounting backed by the ledger: the pipeline's ``admit``/``settle``."""
+    """The pipeline's accounting, backed by the ledger: the pipeline's ``admit``/``settle``."""
 
     def __init__(self, config: RouterConfig, store: LedgerStore, *, clock: Clock = time.time,
                  metrics: Metrics | None = None, alerter: Alerter | None = None,
