@@ -17,7 +17,7 @@ import msgspec
 import yaml
 
 from .config import BackendConfig, PriceConfig, RouterConfig, TargetConfig
-from .config_checks import cross_check_problems, explain_schema_error, load_yaml_strict
+from .config_checks import cross_check_problems, explain_schema_error, load_yaml_strict, raise_problems
 from .errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -84,10 +84,7 @@ def parse_config(data: Any, source: str = "<config>", env: dict[str, str] | None
     except msgspec.ValidationError as e:
         raise ConfigError(f"{source}: {explain_schema_error(RouterConfig, _locate(data, str(e)))}") from None
     cfg = msgspec.structs.replace(cfg, prices=merge_prices(embedded_prices(), cfg.prices or []))
-    problems = cross_check_problems(cfg)
-    if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems) if len(problems) == 1
-                          else f"{source}: {len(problems)} problems:\n  - " + "\n  - ".join(problems))
+    raise_problems(source, cross_check_problems(cfg))
     return cfg
 
 

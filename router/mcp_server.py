@@ -188,7 +188,7 @@ async def list_local_models(holder: RuntimeHolder) -> dict[str, Any]:
     return result
 
 
-def _usd(value: Decimal) -> str:
+def _format_usd(value: Decimal) -> str:
     return f"{value:.4f}"
 
 
@@ -216,15 +216,15 @@ async def usage_report(holder: RuntimeHolder) -> dict[str, Any]:
         e["cost_usd"] += r.cost_usd
         e["energy_j"] += r.energy_j or 0.0
     for e in by_target.values():
-        e["cost_usd"] = _usd(e["cost_usd"])
+        e["cost_usd"] = _format_usd(e["cost_usd"])
         e["energy_j"] = round(e["energy_j"], 1)
     local = sum(1 for r in rows if not r.cloud and r.status == "ok")
     served = sum(1 for r in rows if r.status == "ok")
     return {
         "day": day, "timezone": cfg.budgets.timezone,
-        "cloud_spend_usd": _usd(spend), "daily_budget_usd": _usd(limits.daily_budget),
-        "remaining_usd": _usd(max(Decimal(0), limits.daily_budget - spend)),
-        "alert_threshold_usd": _usd(limits.alert_threshold), "emergency_cutoff_usd": _usd(limits.emergency_cutoff),
+        "cloud_spend_usd": _format_usd(spend), "daily_budget_usd": _format_usd(limits.daily_budget),
+        "remaining_usd": _format_usd(max(Decimal(0), limits.daily_budget - spend)),
+        "alert_threshold_usd": _format_usd(limits.alert_threshold), "emergency_cutoff_usd": _format_usd(limits.emergency_cutoff),
         "cutoff_engaged": cutoff.active_on(day), "cutoff_reason": cutoff.reason if cutoff.active_on(day) else "",
         "requests": len(rows), "served": served, "served_locally": local,
         "local_share": round(local / served, 3) if served else None,

@@ -86,9 +86,6 @@ class Metrics:
     def register_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
 
-    def unregister_collector(self, collector: Collector) -> None:
-        self.registry.unregister(collector)
-
     def observe(self, record: RequestRecord) -> None:
         backend = record.backend or record.target or "none"
         self.requests.labels(rule=record.rule, backend=backend, status=record.status).inc()

@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
     "cutoff": "cost_cmds:cutoff",
     "budget": "cost_cmds:budget",
     "status": "status:status",
-    "bench": "bench:bench",
+    "bench": "model_bench:bench",
     "mcp": "mcp_cmd:mcp",
 }
 

@@ -52,7 +52,7 @@ def _today(cfg: RouterConfig) -> str:
     return day_of(time.time(), BudgetLimits.from_config(cfg).timezone)
 
 
-def _usd(d: Decimal) -> str:
+def _format_usd(d: Decimal) -> str:
     return f"${d:.2f}"
 
 
@@ -226,7 +226,7 @@ def cutoff_check(config_path: str | None, verbose: bool, quiet: bool) -> None:
             await alerter.drain()
 
         asyncio.run(deliver())
-        click.echo(f"sent {', '.join(kind for kind, _ in to_send)} alert(s): cloud spend {_usd(spend)} on {day}")
+        click.echo(f"sent {', '.join(kind for kind, _ in to_send)} alert(s): cloud spend {_format_usd(spend)} on {day}")
         if not alerter.configured:
             click.echo("warning: no alert channel configured (alerts.email / alerts.webhook)", err=True)
     active = state.active_on(day)
@@ -235,8 +235,8 @@ def cutoff_check(config_path: str | None, verbose: bool, quiet: bool) -> None:
     elif active and verbose:
         click.echo(f"cutoff engaged for {day} by {state.by}: {state.reason}")
     elif verbose:
-        click.echo(f"ok: cloud spend {_usd(spend)} on {day}, emergency cutoff at "
-                   f"{_usd(limits.emergency_cutoff)}")
+        click.echo(f"ok: cloud spend {_format_usd(spend)} on {day}, emergency cutoff at "
+                   f"{_format_usd(limits.emergency_cutoff)}")
 
 
 @cutoff.command("engage")
@@ -279,8 +279,8 @@ def cutoff_release(config_path: str | None) -> None:
         led.close()
     click.echo("emergency cutoff released" if was.active_on(day) else "cutoff was not engaged today")
     if spend > 0 and spend >= limits.emergency_cutoff:
-        click.echo(f"warning: today's cloud spend {_usd(spend)} is at or above budgets.emergency_cutoff "
-                   f"{_usd(limits.emergency_cutoff)}; the daemon engages the cutoff again on the next cloud "
+        click.echo(f"warning: today's cloud spend {_format_usd(spend)} is at or above budgets.emergency_cutoff "
+                   f"{_format_usd(limits.emergency_cutoff)}; the daemon engages the cutoff again on the next cloud "
                    "request. Raise the limit in the config (and reload) first.", err=True)
 
 
@@ -328,15 +328,15 @@ def budget_show(config_path: str | None, as_json: bool) -> None:
         }, indent=2))
         return
     click.echo(f"budget day       {day} ({cfg.budgets.timezone})")
-    click.echo(f"cloud spend      {_usd(spend)} of {_usd(limits.daily_budget)}  ({_usd(remaining)} remaining)")
-    click.echo(f"alert at         {_usd(limits.alert_threshold)}"
+    click.echo(f"cloud spend      {_format_usd(spend)} of {_format_usd(limits.daily_budget)}  ({_format_usd(remaining)} remaining)")
+    click.echo(f"alert at         {_format_usd(limits.alert_threshold)}"
                + ("  (sent)" if "alert_threshold" in sent else ""))
-    click.echo(f"emergency cutoff {_usd(limits.emergency_cutoff)}")
+    click.echo(f"emergency cutoff {_format_usd(limits.emergency_cutoff)}")
     if state.active_on(day):
         click.echo(f"cutoff           ENGAGED by {state.by}: {state.reason}")
     else:
         click.echo("cutoff           not engaged")
     for c in clients:
         cap = limits.client_budgets.get(c)
-        click.echo(f"client {c:<16} {_usd(per_client.get(c, Decimal(0)))}"
-                   + (f" of {_usd(cap)}" if cap is not None else ""))
+        click.echo(f"client {c:<16} {_format_usd(per_client.get(c, Decimal(0)))}"
+                   + (f" of {_format_usd(cap)}" if cap is not None else ""))

@@ -3,7 +3,7 @@
 The internal shape *is* the Anthropic shape (see internal.py), so inbound this module only validates
 what the router itself relies on; it encodes messages and stream events for the wire, renders
 errors in both directions (an error for the client, an upstream's error event back into an
-exception), and moves ``role: "system"`` messages into ``system`` blocks for backends that need it.
+exception).
 The backend (backends/anthropic.py) passes requests through and uses this module for its errors.
 
 Validation covers every field the router reads (routing, accounting, translation to local
@@ -241,36 +241,6 @@ def _check_thinking(request: dict[str, Any]) -> None:
                                   f"found {kind(thinking.get('budget_tokens'))}")
 
 
-def system_messages_to_system(request: Request) -> Request:
-    """Move ``role: "system"`` messages into top-level ``system`` text blocks, in order.
-
-    Claude Code sends such messages (a beta) inside ``messages``; backends other than Anthropic's
-    reject them. Text and ``cache_control`` are kept; non-text blocks are dropped because ``system``
-    accepts only text. The input is not modified; without system messages it is returned as is.
-    """
-    messages = request.get("messages") or []
-    if not any(m.get("role") == "system" for m in messages):
-        return request
-    blocks = _as_text_blocks(request.get("system"))
-    kept: list[dict[str, Any]] = []
-    for message in messages:
-        if message.get("role") == "system":
-            blocks.extend(_as_text_blocks(message.get("content")))
-        else:
-            kept.append(message)
-    converted = {**request, "messages": kept}
-    converted["system"] = blocks
-    return converted
-
-
-def _as_text_blocks(content: Any) -> list[dict[str, Any]]:
-    if content is None or content == "":
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    return [dict(block) for block in content if isinstance(block, dict) and block.get("type") == "text"]
-
-
 # ---------------------------------------------------------------------------------------------------
 # Responses and errors
 
@@ -282,10 +252,6 @@ def encode_message(message: Message) -> bytes:
 def encode_event(event: StreamEvent) -> bytes:
     """One stream event in Anthropic's framing: ``event: <type>\\ndata: <json>\\n\\n``."""
     return sse.encode(_ENCODER.encode(event).decode("utf-8"), event=event["type"])
-
-
-def ping_event() -> bytes:
-    return encode_event({"type": "ping"})
 
 
 def error_dict(err: RouterError) -> dict[str, Any]:

@@ -65,10 +65,6 @@ def is_object(value: Any) -> bool:
     return isinstance(value, dict)
 
 
-def is_list(value: Any) -> bool:
-    return isinstance(value, list)
-
-
 def is_string(value: Any) -> bool:
     return isinstance(value, str)
 

@@ -95,7 +95,7 @@ def test_encode_event_uses_anthropic_framing_exactly():
     assert wire == (b'event: content_block_delta\n'
                     b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\\nb"}}'
                     b'\n\n')
-    assert adapter.ping_event() == b'event: ping\ndata: {"type":"ping"}\n\n'
+    assert adapter.encode_event({"type": "ping"}) == b'event: ping\ndata: {"type":"ping"}\n\n'
 
 
 def test_encode_message_is_json():
@@ -187,37 +187,6 @@ def test_error_event_is_an_sse_error_event():
 
 
 # -- system messages --------------------------------------------------------------------------------
-
-
-def test_system_messages_move_into_system_blocks_in_order():
-    request = {
-        "model": "m", "max_tokens": 10,
-        "system": "top-level",
-        "messages": [
-            {"role": "system", "content": [{"type": "text", "text": "first", "cache_control": {"type": "ephemeral"}}]},
-            {"role": "user", "content": "hello"},
-            {"role": "system", "content": "second"},
-            {"role": "assistant", "content": "hi"},
-        ],
-    }
-    original = json.loads(json.dumps(request))
-    converted = adapter.system_messages_to_system(request)
-    assert converted["system"] == [
-        {"type": "text", "text": "top-level"},
-        {"type": "text", "text": "first", "cache_control": {"type": "ephemeral"}},
-        {"type": "text", "text": "second"},
-    ]
-    assert converted["messages"] == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
-    assert request == original  # the caller's request is not modified
-
-
-def test_system_messages_conversion_keeps_block_system_and_skips_when_nothing_to_do():
-    request = {"model": "m", "system": [{"type": "text", "text": "a"}],
-               "messages": [{"role": "system", "content": "b"}, {"role": "user", "content": "q"}]}
-    assert adapter.system_messages_to_system(request)["system"] == [
-        {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
-    plain = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
-    assert adapter.system_messages_to_system(plain) is plain
 
 
 # -- accumulate -------------------------------------------------------------------------------------

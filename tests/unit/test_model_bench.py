@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aibox_router.bench import report
-from aibox_router.bench.checks import extract_python, parse_check, run_python_tests
-from aibox_router.bench.runner import BenchRun, local_targets
-from aibox_router.bench.suite import TaskFileError, builtin_tasks, load_tasks
+from aibox_router.model_bench import report
+from aibox_router.model_bench.checks import extract_python, parse_check, run_python_tests
+from aibox_router.model_bench.runner import BenchRun, local_targets
+from aibox_router.model_bench.suite import TaskFileError, builtin_tasks, load_tasks
 from aibox_router.cli.common import load_or_exit
 from aibox_router.features import TASKS
 
@@ -113,7 +113,7 @@ def test_document_roundtrips_as_json(tmp_path: Path):
 
 
 def test_chart_png(tmp_path: Path):
-    from aibox_router.bench.chart import draw_chart
+    from aibox_router.model_bench.chart import draw_chart
 
     summary = report.summarize([_run("fast", "explanation", True, 90, 100), _run("coder", "debugging", False, 3, 9)])
     path = tmp_path / "chart.png"

@@ -100,8 +100,8 @@ def _yaml_files(directory: Any) -> list[Any]:
 
 
 def builtin_tasks() -> list[BenchTask]:
-    """The tasks shipped with the router (package data ``bench/tasks/*.yml``)."""
-    directory = resources.files("aibox_router.bench").joinpath("tasks")
+    """The tasks shipped with the router (package data ``model_bench/tasks/*.yml``)."""
+    directory = resources.files("aibox_router.model_bench").joinpath("tasks")
     tasks: list[BenchTask] = []
     for f in _yaml_files(directory):
         tasks += parse_task_file(f.read_text(encoding="utf-8"), f"<builtin>/{f.name}", Path(f.name).stem)

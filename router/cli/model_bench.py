@@ -7,10 +7,10 @@ import sys
 
 import click
 
-from ..bench import report
-from ..bench.runner import BenchRun, local_targets, run_bench
-from ..bench.suite import TaskFileError, load_tasks
 from ..gpu import GpuMonitor
+from ..model_bench import report
+from ..model_bench.runner import BenchRun, local_targets, run_bench
+from ..model_bench.suite import TaskFileError, load_tasks
 from . import config_option
 from .common import default_config_path, load_or_exit
 
@@ -79,7 +79,7 @@ def bench(config_path: str | None, task_dirs: tuple[str, ...], no_builtin: bool,
     click.echo(report.table(doc["summary"]))
     click.echo(f"\nresults written to {output}")
     if chart:
-        from ..bench.chart import draw_chart  # matplotlib: loaded only when a chart is asked for
+        from ..model_bench.chart import draw_chart  # matplotlib: loaded only when a chart is asked for
 
         draw_chart(doc["summary"], chart)
         click.echo(f"chart written to {chart}")
