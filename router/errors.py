@@ -8,11 +8,25 @@ class ConfigError(Exception):
 
 
 class RouterError(Exception):
-    """An error returned to the client in its own protocol's error shape."""
+    """An error returned to the client in its own protocol's error shape.
+
+    A subclass names its HTTP status and its error type in each protocol as class keywords:
+    ``class AuthenticationError(RouterError, status=401, anthropic_type=..., openai_type=...)``.
+    """
 
     status = 500
     anthropic_type = "api_error"
     openai_type = "server_error"
+
+    def __init_subclass__(cls, *, status: int | None = None, anthropic_type: str | None = None,
+                          openai_type: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if anthropic_type is not None:
+            cls.anthropic_type = anthropic_type
+        if openai_type is not None:
+            cls.openai_type = openai_type
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -20,84 +34,62 @@ class RouterError(Exception):
         self.headers = headers or {}
 
 
-class AuthenticationError(RouterError):
-    status = 401
-    anthropic_type = "authentication_error"
-    openai_type = "invalid_api_key"
+class AuthenticationError(RouterError, status=401, anthropic_type="authentication_error",
+                          openai_type="invalid_api_key"):
+    """A missing key, or one that is not among the router's client keys."""
 
 
-class InvalidRequestError(RouterError):
-    status = 400
-    anthropic_type = "invalid_request_error"
-    openai_type = "invalid_request_error"
+class InvalidRequestError(RouterError, status=400, anthropic_type="invalid_request_error",
+                          openai_type="invalid_request_error"):
+    """The request is malformed; the message names the field."""
 
 
-class PermissionDeniedError(RouterError):
+class PermissionDeniedError(RouterError, status=403, anthropic_type="permission_error",
+                            openai_type="permission_denied"):
     """The client is known but may not do this (e.g. choose a target outside its ``targets``)."""
 
-    status = 403
-    anthropic_type = "permission_error"
-    openai_type = "permission_denied"
+
+class RequestTooLargeError(RouterError, status=413, anthropic_type="request_too_large",
+                           openai_type="request_too_large"):
+    """The body is larger than ``server.max_body_bytes``."""
 
 
-class RequestTooLargeError(RouterError):
-    status = 413
-    anthropic_type = "request_too_large"
-    openai_type = "request_too_large"
-
-
-class RequestTimeoutError(RouterError):
+class RequestTimeoutError(RouterError, status=408, anthropic_type="invalid_request_error",
+                          openai_type="request_timeout"):
     """The client did not send its body in time (``server.body_timeout_s``)."""
 
-    status = 408
-    anthropic_type = "invalid_request_error"
-    openai_type = "request_timeout"
 
-
-class OverloadedError(RouterError):
+class OverloadedError(RouterError, status=503, anthropic_type="overloaded_error",
+                      openai_type="server_overloaded"):
     """More requests in flight than ``server.max_concurrent_requests``; retrying later can help."""
-
-    status = 503
-    anthropic_type = "overloaded_error"
-    openai_type = "server_overloaded"
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None):
         super().__init__(message, headers={"retry-after": "1", **(headers or {})})
 
 
-class NotFoundError(RouterError):
-    status = 404
-    anthropic_type = "not_found_error"
-    openai_type = "not_found"
+class NotFoundError(RouterError, status=404, anthropic_type="not_found_error", openai_type="not_found"):
+    """No such endpoint."""
 
 
-class MethodNotAllowedError(RouterError):
-    status = 405
-    anthropic_type = "invalid_request_error"
-    openai_type = "method_not_allowed"
+class MethodNotAllowedError(RouterError, status=405, anthropic_type="invalid_request_error",
+                            openai_type="method_not_allowed"):
+    """The endpoint exists, but not for this HTTP method."""
 
 
-class BudgetExhaustedError(RouterError):
+class BudgetExhaustedError(RouterError, status=400, anthropic_type="invalid_request_error",
+                           openai_type="insufficient_quota"):
     """The cloud is cut off or the budget is spent and there is no local fallback.
 
     Sent as 400 with ``x-should-retry: false``: Claude Code and the SDKs retry 429 and 5xx,
     and retrying cannot help until the day rolls over or an operator releases the cutoff.
     """
 
-    status = 400
-    anthropic_type = "invalid_request_error"
-    openai_type = "insufficient_quota"
-
     def __init__(self, message: str, *, headers: dict[str, str] | None = None):
         super().__init__(message, headers={"x-should-retry": "false", **(headers or {})})
 
 
-class UpstreamError(RouterError):
+class UpstreamError(RouterError, status=502, anthropic_type="api_error", openai_type="server_error"):
     """A backend failed (connection refused, timeout, 5xx) and no fallback could answer."""
-
-    status = 502
-    anthropic_type = "api_error"
-    openai_type = "server_error"
 
 
 class UpstreamStatusError(RouterError):

@@ -410,22 +410,39 @@ async def _pass_over(call: _Call, e: BackendUnavailable, failures: list[str]) ->
     await call.settle("error", e.status or 502, e.reason)
 
 
+@dataclass
+class _PassedOver:
+    """Why targets of the chain did not answer: for the log, and for the error when none did."""
+
+    failures: list[str] = field(default_factory=list)  # tried, and could not answer
+    refusals: list[str] = field(default_factory=list)  # skipped by the budget
+    kinds: set[str] = field(default_factory=set)  # kinds of refusal: cutoff, budget, client_budget
+
+
+async def _plan_with_a_target(runtime: Runtime, request: Request, plan: Plan | None, *, client: str,
+                              protocol: str, body_size: int | None, override: str | None, stream: bool) -> Plan:
+    """The turn's plan (*plan* when the caller made it already); a prompt no target can hold is
+    refused here with PromptTooLongError, before any backend is called."""
+    plan = plan or await plan_turn(runtime, request, client=client, protocol=protocol,
+                                   body_size=body_size or len(str(request)), override=override)
+    if not plan.chain:
+        raise await _too_long_error(runtime, plan, protocol, stream)
+    return plan
+
+
 async def complete(runtime: Runtime, request: Request, *, client: str, protocol: str,
                    forward_headers: dict[str, str] | None = None, override: str | None = None,
                    body_size: int | None = None, plan: Plan | None = None) -> Outcome:
     """Route and answer a non-streaming request."""
-    plan = plan or await plan_turn(runtime, request, client=client, protocol=protocol,
-                                   body_size=body_size or len(str(request)), override=override)
-    if not plan.chain:
-        raise await _too_long_error(runtime, plan, protocol, False)
-    failures: list[str] = []
-    refusals: list[str] = []
-    kinds: set[str] = set()
-    async for call in _attempts(runtime, plan, request, protocol, False, refusals, forward_headers, kinds):
+    plan = await _plan_with_a_target(runtime, request, plan, client=client, protocol=protocol,
+                                     body_size=body_size, override=override, stream=False)
+    passed = _PassedOver()
+    async for call in _attempts(runtime, plan, request, protocol, False, passed.refusals, forward_headers,
+                                passed.kinds):
         try:
             message = await call.backend.complete(call.body, call.target, call.ctx)
         except BackendUnavailable as e:
-            await _pass_over(call, e, failures)
+            await _pass_over(call, e, passed.failures)
             continue
         except UpstreamStatusError as e:
             await call.settle("error", e.status, e.message)
@@ -439,8 +456,8 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
         call.first_token = call.first_token or time.perf_counter()
         runtime.backend_health.call_succeeded(call.target.backend)
         await call.settle("ok")
-        return _noted(call.outcome(plan, message=message), refusals, failures)
-    raise await _no_target_error(runtime, plan, protocol, False, refusals, failures, kinds)
+        return _noted(call.outcome(plan, message=message), passed.refusals, passed.failures)
+    raise await _no_target_error(runtime, plan, protocol, False, passed.refusals, passed.failures, passed.kinds)
 
 
 async def open_stream(runtime: Runtime, request: Request, *, client: str, protocol: str,
@@ -451,22 +468,19 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
     Falling back is only possible before that first event: afterwards the client has seen part of
     an answer. The returned ``Outcome.events`` must be iterated to the end or closed.
     """
-    plan = plan or await plan_turn(runtime, request, client=client, protocol=protocol,
-                                   body_size=body_size or len(str(request)), override=override)
-    if not plan.chain:
-        raise await _too_long_error(runtime, plan, protocol, True)
-    failures: list[str] = []
-    refusals: list[str] = []
-    kinds: set[str] = set()
-    async for call in _attempts(runtime, plan, request, protocol, True, refusals, forward_headers, kinds):
+    plan = await _plan_with_a_target(runtime, request, plan, client=client, protocol=protocol,
+                                     body_size=body_size, override=override, stream=True)
+    passed = _PassedOver()
+    async for call in _attempts(runtime, plan, request, protocol, True, passed.refusals, forward_headers,
+                                passed.kinds):
         upstream = call.backend.stream(call.body, call.target, call.ctx)
         try:
             first = await upstream.__anext__()
         except BackendUnavailable as e:
-            await _pass_over(call, e, failures)
+            await _pass_over(call, e, passed.failures)
             continue
         except StopAsyncIteration:
-            failures.append(f"{call.target_name}: empty stream")
+            passed.failures.append(f"{call.target_name}: empty stream")
             await call.settle("error", 502, "empty stream")
             continue
         except UpstreamStatusError as e:
@@ -477,8 +491,8 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
             raise
         runtime.backend_health.call_succeeded(call.target.backend)
         return _noted(call.outcome(plan, events=_relay(call, first, upstream, _stream_limits(runtime, call, request)),
-                                   upstream=upstream), refusals, failures)
-    raise await _no_target_error(runtime, plan, protocol, True, refusals, failures, kinds)
+                                   upstream=upstream), passed.refusals, passed.failures)
+    raise await _no_target_error(runtime, plan, protocol, True, passed.refusals, passed.failures, passed.kinds)
 
 
 def _noted(outcome: Outcome, refusals: list[str], failures: list[str]) -> Outcome:

@@ -15,6 +15,7 @@ upstream to judge, so a new API feature passes through without a router release.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -113,16 +114,20 @@ def _check_common(request: dict[str, Any]) -> None:
 _ROLES = ("user", "assistant", "system")
 
 
+def _objects(value: Any, field: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The items of a list that must hold objects, each with its path (``messages[2]``)."""
+    if not isinstance(value, list):
+        raise fail(field, "a list", value)
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise fail(f"{field}[{i}]", "an object", item)
+        yield f"{field}[{i}]", item
+
+
 def _check_messages(request: dict[str, Any]) -> None:
     if "messages" not in request:
         raise InvalidRequestError("messages: Field required")
-    messages = request["messages"]
-    if not isinstance(messages, list):
-        raise fail("messages", "a list", messages)
-    for i, message in enumerate(messages):
-        field = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise fail(field, "an object", message)
+    for field, message in _objects(request["messages"], "messages"):
         role = message.get("role")
         if role not in _ROLES:
             raise InvalidRequestError(f"{field}.role: expected 'user', 'assistant' or 'system', found "
@@ -200,12 +205,7 @@ def _check_tools(request: dict[str, Any]) -> None:
     tools = request.get("tools")
     if tools is None:
         return
-    if not isinstance(tools, list):
-        raise fail("tools", "a list", tools)
-    for i, tool in enumerate(tools):
-        field = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise fail(field, "an object", tool)
+    for field, tool in _objects(tools, "tools"):
         string(tool, "name", field, required=True, non_empty=True)
         string(tool, "type", field)
         string(tool, "description", field)

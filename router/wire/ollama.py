@@ -20,20 +20,8 @@ import msgspec
 
 from ..config import TargetConfig
 from ..internal import CallContext, Message, Request, StreamEvent
+from . import chat_common as chat
 from . import encode_json
-from .chat_common import (
-    URL_IMAGE_NOTE,
-    chat_messages,
-    estimate_prompt_tokens,
-    finish_usage,
-    function_tools,
-    message_skeleton,
-    new_message_id,
-    new_tool_id,
-    parse_arguments,
-    tool_names_by_id,
-    tool_result_text,
-)
 from .ndjson import ndjson_lines
 
 # --------------------------------------------------------------------------------------------
@@ -41,8 +29,8 @@ from .ndjson import ndjson_lines
 
 
 def to_ollama_messages(request: Request) -> list[dict[str, Any]]:
-    names = tool_names_by_id(request)
-    return chat_messages(request, _assistant_message, lambda blocks: _user_messages(blocks, names))
+    names = chat.tool_names_by_id(request)
+    return chat.chat_messages(request, _assistant_message, lambda blocks: _user_messages(blocks, names))
 
 
 def _assistant_message(blocks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -62,7 +50,7 @@ def _user_messages(blocks: list[dict[str, Any]], names: dict[str, str]) -> list[
     out: list[dict[str, Any]] = []
     for b in blocks:
         if b.get("type") == "tool_result":
-            result = {"role": "tool", "content": tool_result_text(b)}
+            result = {"role": "tool", "content": chat.tool_result_text(b)}
             if names.get(b.get("tool_use_id", "")):
                 result["tool_name"] = names[b["tool_use_id"]]
             out.append(result)
@@ -75,7 +63,7 @@ def _user_messages(blocks: list[dict[str, Any]], names: dict[str, str]) -> list[
             if source.get("type") == "base64":
                 images.append(source.get("data", ""))  # Ollama wants bare base64, no data: prefix
             else:
-                texts.append(URL_IMAGE_NOTE)
+                texts.append(chat.URL_IMAGE_NOTE)
     if texts or images:
         msg: dict[str, Any] = {"role": "user", "content": "\n".join(texts)}
         if images:
@@ -94,7 +82,7 @@ def to_ollama_request(request: Request, target: TargetConfig, stream: bool) -> d
                             "options": {k: v for k, v in options.items() if v is not None}}
     # Ollama has no tool_choice: "none" is honoured by not offering the tools; "any"/"tool"
     # cannot be enforced and degrade to "auto".
-    tools = function_tools(request)
+    tools = chat.function_tools(request)
     if tools and (request.get("tool_choice") or {}).get("type") != "none":
         body["tools"] = tools
     if target.keep_alive is not None:
@@ -120,8 +108,8 @@ def _counts(final: dict[str, Any]) -> tuple[int | None, int | None]:
 
 def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
     fn = call.get("function") or {}
-    return {"type": "tool_use", "id": call.get("id") or new_tool_id(), "name": fn.get("name", ""),
-            "input": parse_arguments(fn.get("arguments"))}
+    return {"type": "tool_use", "id": call.get("id") or chat.new_tool_id(), "name": fn.get("name", ""),
+            "input": chat.parse_arguments(fn.get("arguments"))}
 
 
 def from_ollama_response(data: dict[str, Any], request: Request, ctx: CallContext) -> Message:
@@ -133,8 +121,8 @@ def from_ollama_response(data: dict[str, Any], request: Request, ctx: CallContex
     content += [_tool_use(c) for c in calls]
     out_chars = len(msg.get("content") or "") + sum(len(encode_json(b["input"])) for b in content
                                                     if b["type"] == "tool_use")
-    usage = finish_usage(ctx, request, *_counts(data), out_chars)
-    message = message_skeleton(new_message_id(), str(request.get("model") or data.get("model") or ""), 0)
+    usage = chat.finish_usage(ctx, request, *_counts(data), out_chars)
+    message = chat.message_skeleton(chat.new_message_id(), str(request.get("model") or data.get("model") or ""), 0)
     message.update(content=content, stop_reason=_stop_reason(data, bool(calls)), usage=usage)
     ctx.usage.update_from(usage)
     return message
@@ -162,7 +150,7 @@ class StreamTranslator:
         model = str(self.request.get("model") or chunk.get("model") or "")
         self.ctx.usage.estimated = True  # until the final object brings the real counts
         return [{"type": "message_start",
-                 "message": message_skeleton(new_message_id(), model, estimate_prompt_tokens(self.request))}]
+                 "message": chat.message_skeleton(chat.new_message_id(), model, chat.estimate_prompt_tokens(self.request))}]
 
     def feed(self, chunk: dict[str, Any]) -> list[StreamEvent]:
         msg = chunk.get("message") or {}
@@ -217,7 +205,7 @@ class StreamTranslator:
         prompt, output = _counts(final)
         if prompt is not None and output is not None:
             self.ctx.usage.estimated = False
-        usage = finish_usage(self.ctx, self.request, prompt, output, self.out_chars)
+        usage = chat.finish_usage(self.ctx, self.request, prompt, output, self.out_chars)
         stop_reason = _stop_reason(final, self.tool_calls > 0)
         return self._close_text() + [
             {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None},
