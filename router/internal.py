@@ -11,8 +11,8 @@ The internal shape *is* the Anthropic Messages API shape, held as plain dicts:
 
 Why this shape: Claude Code, the most demanding client, and the paid backend both speak it, so
 the common path (Anthropic in, Anthropic or local out) translates at most once, and nothing the
-cloud API adds later is lost in a lossy middle format. ``api/openai.py`` translates OpenAI Chat
-Completions into it; ``backends/openai.py`` and ``backends/ollama.py`` translate it outward.
+cloud API adds later is lost in a lossy middle format. ``wire/openai_chat.py`` translates OpenAI Chat
+Completions into it and out of it, ``wire/ollama.py`` Ollama's chat API (see ``wire/__init__.py``).
 """
 
 from __future__ import annotations

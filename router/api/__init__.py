@@ -7,15 +7,12 @@ wire module's business (wire/anthropic.py, wire/openai_chat.py).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import RouterError
 from ..internal import Message, Request, StreamEvent
-
-log = logging.getLogger("aibox_router.api")
 
 
 @dataclass(frozen=True)

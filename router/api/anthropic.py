@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from ..errors import RouterError
 from ..internal import Message, Request, StreamEvent
 from ..wire import anthropic as wire
-from . import Inbound, close_events, log
+from . import Inbound, close_events
+
+log = logging.getLogger(__name__)
 
 
 class AnthropicEndpoint:

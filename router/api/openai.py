@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -9,7 +10,9 @@ import msgspec
 from ..errors import RouterError
 from ..internal import Message, StreamEvent
 from ..wire import openai_chat as wire
-from . import Inbound, close_events, log
+from . import Inbound, close_events
+
+log = logging.getLogger(__name__)
 
 
 class OpenAIChatEndpoint:

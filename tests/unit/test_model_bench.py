@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aibox_router.cli.common import load_or_exit
+from aibox_router.features import TASKS
 from aibox_router.model_bench import report
 from aibox_router.model_bench.checks import extract_python, parse_check, run_python_tests
 from aibox_router.model_bench.runner import BenchRun, local_targets
 from aibox_router.model_bench.suite import TaskFileError, builtin_tasks, load_tasks
-from aibox_router.cli.common import load_or_exit
-from aibox_router.features import TASKS
 
 
 def test_builtin_tasks_cover_the_four_kinds_and_all_have_checks():
