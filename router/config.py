@@ -17,7 +17,7 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
-class ServerConfig(_Base, kw_only=True):
+class ServerConfig(_Base, kw_only=True, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8088
     state_dir: str = "/var/lib/aibox-router"
@@ -45,7 +45,7 @@ class ServerConfig(_Base, kw_only=True):
     ready_cache_s: float = 5.0
 
 
-class ClientConfig(_Base, kw_only=True):
+class ClientConfig(_Base, kw_only=True, frozen=True):
     name: str
     key: str
     daily_budget: float | None = None  # optional per-client cloud budget in USD
@@ -54,7 +54,7 @@ class ClientConfig(_Base, kw_only=True):
     targets: list[str] | None = None
 
 
-class BackendConfig(_Base, kw_only=True):
+class BackendConfig(_Base, kw_only=True, frozen=True):
     type: Literal["anthropic", "ollama", "openai"]
     base_url: str
     # Name of the environment variable holding this backend's API key (never the key itself).
@@ -72,7 +72,7 @@ class BackendConfig(_Base, kw_only=True):
         return self.type == "anthropic" if self.cloud is None else self.cloud
 
 
-class TargetConfig(_Base, kw_only=True):
+class TargetConfig(_Base, kw_only=True, frozen=True):
     """A routable destination: a backend plus the model it should run."""
 
     backend: str
@@ -87,7 +87,7 @@ class TargetConfig(_Base, kw_only=True):
     stream_time_limit_s: float | None = None
 
 
-class ContextConfig(_Base, kw_only=True):
+class ContextConfig(_Base, kw_only=True, frozen=True):
     """How requests are checked against targets' context windows (see context.py)."""
 
     # Kept free in every window besides the estimate: a fixed part plus a fraction of the window.
@@ -99,14 +99,14 @@ class ContextConfig(_Base, kw_only=True):
     stream_time_limit_s: float | None = 600.0
 
 
-class RuleConfig(_Base, kw_only=True):
+class RuleConfig(_Base, kw_only=True, frozen=True):
     name: str
     when: str  # sandboxed Jinja2 expression over request features, see features.py
     target: str
     daily_limit: int | None = None  # requests per day this rule may send; past it, the next rule matches
 
 
-class RouteConfig(_Base, kw_only=True):
+class RouteConfig(_Base, kw_only=True, frozen=True):
     """A route policy in plain words: what kind of work it is, shown by example prompts."""
 
     name: str
@@ -117,14 +117,14 @@ class RouteConfig(_Base, kw_only=True):
     keyword_tasks: list[str] = []
 
 
-class EmbeddingsConfig(_Base, kw_only=True):
+class EmbeddingsConfig(_Base, kw_only=True, frozen=True):
     backend: str  # a backend of type ollama (/api/embed) or openai (/v1/embeddings)
     model: str = "all-minilm"
     # A new turn waits at most this long for its embedding, then falls back to keyword routing.
     timeout_ms: int = 300
 
 
-class JudgeConfig(_Base, kw_only=True):
+class JudgeConfig(_Base, kw_only=True, frozen=True):
     """An LLM judge for close calls (off unless set): a local chat model names the route."""
 
     target: str  # a local target, e.g. one running qwen2.5:1.5b or Arch-Router-1.5B
@@ -133,7 +133,7 @@ class JudgeConfig(_Base, kw_only=True):
     timeout_ms: int = 1500  # past this the classifier's route stands
 
 
-class RoutingConfig(_Base, kw_only=True):
+class RoutingConfig(_Base, kw_only=True, frozen=True):
     """How the semantic route classifier runs; see docs/routing.md."""
 
     embeddings: EmbeddingsConfig | None = None
@@ -142,7 +142,7 @@ class RoutingConfig(_Base, kw_only=True):
     turn_ttl_s: float = 3600.0  # a turn's decision is forgotten after this long
 
 
-class PriceConfig(_Base, kw_only=True):
+class PriceConfig(_Base, kw_only=True, frozen=True):
     """USD per million tokens for models whose name starts with ``prefix`` (see pricing.py)."""
 
     prefix: str
@@ -166,7 +166,7 @@ class PriceConfig(_Base, kw_only=True):
     inference_geo_multipliers: dict[str, float] = {}
 
 
-class BudgetConfig(_Base, kw_only=True):
+class BudgetConfig(_Base, kw_only=True, frozen=True):
     timezone: str = "UTC"
     daily_budget: float = 10.00
     alert_threshold: float = 8.00
@@ -177,7 +177,7 @@ class BudgetConfig(_Base, kw_only=True):
     reserve_output_tokens_cap: int = 32000
 
 
-class EmailAlertConfig(_Base, kw_only=True):
+class EmailAlertConfig(_Base, kw_only=True, frozen=True):
     host: str
     sender: str
     recipients: list[str]
@@ -187,19 +187,19 @@ class EmailAlertConfig(_Base, kw_only=True):
     password_env: str | None = None  # environment variable holding the SMTP password
 
 
-class WebhookAlertConfig(_Base, kw_only=True):
+class WebhookAlertConfig(_Base, kw_only=True, frozen=True):
     url: str
     headers: dict[str, str] = {}
 
 
-class AlertsConfig(_Base, kw_only=True):
+class AlertsConfig(_Base, kw_only=True, frozen=True):
     email: EmailAlertConfig | None = None
     webhook: WebhookAlertConfig | None = None
     retry_attempts: int = 5
     retry_backoff_s: float = 2.0
 
 
-class GpuConfig(_Base, kw_only=True):
+class GpuConfig(_Base, kw_only=True, frozen=True):
     enabled: bool = True
     # Values GPU routing features take when no GPU can be read (CI, CPU-only boxes).
     defaults_when_absent: dict[str, float] = msgspec.field(
@@ -207,7 +207,7 @@ class GpuConfig(_Base, kw_only=True):
     electricity_usd_per_kwh: float = 0.0
 
 
-class RouterConfig(_Base, kw_only=True):
+class RouterConfig(_Base, kw_only=True, frozen=True):
     server: ServerConfig = ServerConfig()
     clients: list[ClientConfig] = []
     backends: dict[str, BackendConfig]

@@ -240,9 +240,9 @@ def cross_check_problems(cfg: RouterConfig) -> list[str]:
     if cfg.default_target not in cfg.targets:
         problems.append(f"default_target: unknown target {cfg.default_target!r}; "
                         f"expected one of {sorted(cfg.targets)}")
-    for glob, target in cfg.aliases.items():
-        if target not in cfg.targets:
-            problems.append(f"aliases.{glob}: unknown target {target!r}; expected one of {sorted(cfg.targets)}")
+    for glob, aliased in cfg.aliases.items():
+        if aliased not in cfg.targets:
+            problems.append(f"aliases.{glob}: unknown target {aliased!r}; expected one of {sorted(cfg.targets)}")
     seen_rules: set[str] = set()
     for i, rule in enumerate(cfg.rules):
         if rule.name in seen_rules:
@@ -264,9 +264,9 @@ def cross_check_problems(cfg: RouterConfig) -> list[str]:
         seen_clients.add(client.name)
         if len(client.key) < 16:
             problems.append(f"clients[{i}].key: client {client.name!r} has a key shorter than 16 characters")
-        for j, target in enumerate(client.targets or []):
-            if target not in cfg.targets:
-                problems.append(f"clients[{i}].targets[{j}]: unknown target {target!r}; "
+        for j, allowed in enumerate(client.targets or []):
+            if allowed not in cfg.targets:
+                problems.append(f"clients[{i}].targets[{j}]: unknown target {allowed!r}; "
                                 f"expected one of {sorted(cfg.targets)}")
         if client.targets is not None and not client.targets:
             problems.append(f"clients[{i}].targets: empty list: client {client.name!r} could reach no target; "
@@ -292,8 +292,8 @@ def cross_check_problems(cfg: RouterConfig) -> list[str]:
         if any(r is not None and r < 0 for r in rates):
             problems.append(f"prices[{i}] ({price.prefix}): prices and multipliers must be >= 0")
     for name, target in cfg.targets.items():
-        backend = cfg.backends.get(target.backend)
-        if backend is not None and backend.is_cloud and find_price(prices, target.model) is None:
+        target_backend = cfg.backends.get(target.backend)
+        if target_backend is not None and target_backend.is_cloud and find_price(prices, target.model) is None:
             problems.append(f"targets.{name}.model: no entry in prices matches cloud model "
                             f"{target.model!r}; add a prices entry whose prefix matches it")
     problems += context_problems(cfg)

@@ -30,12 +30,8 @@ from .features import TASKS, extract_features
 from .internal import text_of
 from .rules import RouteDecision
 
-try:  # mcp >= 2
-    from mcp.server.mcpserver import MCPServer
-    from mcp.server.mcpserver.exceptions import ToolError
-except ImportError:  # mcp 1.x
-    from mcp.server.fastmcp import FastMCP as MCPServer  # type: ignore[no-redef]
-    from mcp.server.fastmcp.exceptions import ToolError  # type: ignore[no-redef]
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 PERFORMANCE_FILE = "model_performance.json"
 MCP_CLIENT = "mcp"

@@ -11,15 +11,16 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from .accounting import Admission, RequestRecord, Reservation
-from .backends import BackendCredentialsRejected, BackendUnavailable
-from .classifier import RouteMatch, user_turn_text
+from .backends import Backend, BackendCredentialsRejected, BackendUnavailable
+from .classifier import RouteClassifier, RouteMatch, user_turn_text
+from .config import RouterConfig
 from .context import ContextVerdict, ContextWindows, Estimator, check_fit, too_long_message
 from .cost.bounds import limit_request, needs_exact_count, prompt_token_bound
 from .errors import (
@@ -31,15 +32,38 @@ from .errors import (
     UpstreamStatusError,
 )
 from .features import Features, extract_features
-from .gpu import energy_between
+from .gpu import GpuMonitor, energy_between
 from .internal import CallContext, Message, Request, StreamEvent, Usage
 from .judge import consult
-from .rules import RouteDecision, RuleTrace
+from .rules import RouteDecision, RuleEngine, RuleTrace
 from .runtime import Runtime
 from .targets import capped_max_tokens, prepare_for_target
-from .turns import turn_key
+from .turns import TurnCache, turn_key
 
 log = logging.getLogger("aibox_router.pipeline")
+
+class PlanningRuntime(Protocol):
+    """What planning a turn needs of a runtime. The live Runtime has it, and so have the dry ones of
+    ``route explain`` and ``route eval``, which plan without sending or recording anything."""
+
+    @property
+    def config(self) -> RouterConfig: ...
+
+    @property
+    def rules(self) -> RuleEngine: ...
+
+    @property
+    def classifier(self) -> RouteClassifier: ...
+
+    @property
+    def turns(self) -> TurnCache: ...
+
+    @property
+    def gpu(self) -> GpuMonitor | None: ...
+
+    @property
+    def backends(self) -> Mapping[str, Backend]: ...
+
 
 @dataclass
 class Plan:
@@ -112,7 +136,7 @@ class Outcome:
         return h
 
 
-def plan_request(runtime: Runtime, request: Request, *, client: str, protocol: str, body_size: int,
+def plan_request(runtime: PlanningRuntime, request: Request, *, client: str, protocol: str, body_size: int,
                  override: str | None = None, match: RouteMatch | None = None,
                  decision: RouteDecision | None = None) -> Plan:
     """Features and decision for one request; *match* is the turn's route, *decision* a reused one."""
@@ -160,7 +184,7 @@ def plan_request(runtime: Runtime, request: Request, *, client: str, protocol: s
     return Plan(features, decision, chain, verdict, match, reused)
 
 
-async def plan_turn(runtime: Runtime, request: Request, *, client: str, protocol: str, body_size: int,
+async def plan_turn(runtime: PlanningRuntime, request: Request, *, client: str, protocol: str, body_size: int,
                     override: str | None = None) -> Plan:
     """Plan a request, deciding once per user turn (see turns.py): a new turn is classified and
     decided, later requests of the same turn reuse that decision."""
@@ -286,9 +310,9 @@ def estimate_unreported_usage(usage: Usage, body: Request, output_bytes: int, th
     """
     output = -(-output_bytes // ESTIMATE_BYTES_PER_TOKEN)
     if thinking_seen:
-        thinking = body.get("thinking") if isinstance(body.get("thinking"), dict) else {}
+        thinking: dict[str, Any] = body["thinking"] if isinstance(body.get("thinking"), dict) else {}
         budget = thinking.get("budget_tokens")
-        max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else 0
+        max_tokens: int = body["max_tokens"] if isinstance(body.get("max_tokens"), int) else 0
         output = max(output, min(budget, max_tokens) if isinstance(budget, int) and max_tokens else max_tokens)
     if output > usage.output_tokens:
         usage.output_tokens = output
@@ -589,7 +613,7 @@ async def _relay(call: _Call, first: StreamEvent, upstream: AsyncIterator[Stream
         await asyncio.shield(call.settle(status, http_status, error))
 
 
-def explain(plan: Plan, runtime: Runtime) -> dict[str, Any]:
+def explain(plan: Plan, runtime: PlanningRuntime) -> dict[str, Any]:
     """What ``route explain`` prints: the features, each rule's verdict, and the chosen chain."""
     cfg = runtime.config
     return {

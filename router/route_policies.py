@@ -42,7 +42,7 @@ def route_problems(cfg: RouterConfig) -> list[str]:
         for j, task in enumerate(route.keyword_tasks):
             if task not in TASKS:
                 problems.append(f"{where}.keyword_tasks[{j}]: unknown task {task!r}; expected one of {list(TASKS)}")
-    shared = {}
+    shared: dict[str, str] = {}
     for route in cfg.routes:
         for example in route.examples:
             if example in shared and shared[example] != route.name:

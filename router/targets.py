@@ -16,10 +16,10 @@ from .internal import Request
 def capped_max_tokens(asked: Any, cap: int | None) -> int | None:
     """The output limit a target is sent: the client's ``max_tokens`` lowered to the target's
     ``max_output_tokens``, or that cap alone when the client set none. The one place it is capped."""
-    asked = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None
-    if asked is not None and cap:
-        return min(asked, cap)
-    return asked or cap or None
+    tokens: int | None = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None
+    if tokens is not None and cap:
+        return min(tokens, cap)
+    return tokens or cap or None
 
 
 def prepare_for_target(request: Request, target: TargetConfig) -> Request:

@@ -34,7 +34,8 @@ class LazyGroup(click.Group):
             return None
         module_name, attr = spec.split(":")
         module = importlib.import_module(f"{__name__}.{module_name}")
-        return getattr(module, attr)
+        command: click.Command = getattr(module, attr)
+        return command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
 from . import config_option
 from .common import load_or_exit
+
+if TYPE_CHECKING:  # annotations only: the commands load their machinery when run
+    from ..config import RouterConfig
+    from ..route_eval import EvalItem, EvalReport
+    from ..rules import RuleEngine
 
 
 @click.group()
@@ -29,7 +36,7 @@ def route() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--probe", is_flag=True,
               help="Ask OpenAI-compatible servers for their context windows, as the daemon does at start-up.")
-def explain(config_path: str | None, request_file, protocol: str, client: str, override: str | None,
+def explain(config_path: str | None, request_file: BinaryIO, protocol: str, client: str, override: str | None,
             as_json: bool, probe: bool) -> None:
     """Read a request body from REQUEST_FILE (or stdin) and print which rule matches, why, and which
     backend and model would answer. Nothing is sent to any backend and nothing is recorded."""
@@ -53,7 +60,7 @@ def explain(config_path: str | None, request_file, protocol: str, client: str, o
     if probe:
         asyncio.run(_probe_windows(runtime))
 
-    async def plan_it():
+    async def plan_it() -> pipeline.Plan:
         await runtime.classifier.prepare()  # the examples, from the cache when it has them
         try:
             return await pipeline.plan_turn(runtime, internal, client=client, protocol=protocol,
@@ -110,10 +117,10 @@ def detect_protocol(body: bytes) -> str:
         return "openai"
     # Only Anthropic's shape has a top-level system prompt and tools with an input_schema (Claude
     # Code also puts role "system" messages in its list, so roles alone do not decide).
-    tools = data.get("tools") if isinstance(data.get("tools"), list) else []
+    tools: list[Any] = data["tools"] if isinstance(data.get("tools"), list) else []
     if "system" in data or any(isinstance(t, dict) and "input_schema" in t for t in tools):
         return "anthropic"
-    messages = data.get("messages") if isinstance(data.get("messages"), list) else []
+    messages: list[Any] = data["messages"] if isinstance(data.get("messages"), list) else []
     if any(isinstance(m, dict) and m.get("role") in ("system", "developer", "tool") for m in messages):
         return "openai"
     if any(isinstance(t, dict) and t.get("type") == "function" for t in tools):
@@ -122,7 +129,7 @@ def detect_protocol(body: bytes) -> str:
     return "anthropic" if "max_tokens" in data or "system" in data else "openai"
 
 
-def _echo_route(r) -> None:
+def _echo_route(r: dict[str, Any]) -> None:
     if r["source"] == "none":
         click.echo("route: none (no routes configured)")
         return
@@ -174,7 +181,7 @@ def eval_cmd(config_path: str | None, eval_file: str, wrap_file: str | None, as_
         click.echo(format_report(summary, show_misses))
 
 
-async def _run(config, items, wrap):
+async def _run(config: RouterConfig, items: list[EvalItem], wrap: Any) -> EvalReport:
     from ..classifier import RouteClassifier
     from ..route_eval import run_eval
 
@@ -185,7 +192,7 @@ async def _run(config, items, wrap):
         await classifier.aclose()
 
 
-def _rule_counts(config):
+def _rule_counts(config: RouterConfig) -> tuple[Callable[[str], int], str]:
     """Today's per-rule request counts from the ledger, read-only; zeros when there is no ledger."""
     import time
     from zoneinfo import ZoneInfo
@@ -217,7 +224,7 @@ async def _probe_windows(runtime: _DryRuntime) -> None:
 class _DryRuntime:
     """Just enough of a Runtime for planning: no backends, no ledger, no GPU."""
 
-    def __init__(self, config, rules):
+    def __init__(self, config: RouterConfig, rules: RuleEngine) -> None:
         from ..classifier import RouteClassifier
         from ..context import ContextWindows
         from ..route_eval import _judge_backends

@@ -40,7 +40,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
                                            header_timeout_s=limits.header_timeout_s), render_for_path)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level=limits.log_level, access_log=False, server_header=False,
-        http=protocol,  # type: ignore[arg-type]
+        http=protocol,
         # Claude Code keeps connections open between turns; don't drop idle ones too eagerly.
         timeout_keep_alive=limits.keep_alive_timeout_s,  # type: ignore[arg-type]
         limit_concurrency=limits.max_connections))

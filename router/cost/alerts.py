@@ -134,7 +134,7 @@ class Alerter:
             log.info("sending %s", alert.title)
         else:
             log.warning("alert: %s: %s", alert.title, alert.message)
-        channels = []
+        channels: list[tuple[str, Callable[[Any, Alert], Awaitable[None]], Any]] = []
         if self.config.email is not None:
             channels.append(("email", self._send_email, self.config.email))
         if self.config.webhook is not None:

@@ -58,7 +58,7 @@ def needs_exact_count(request: Request) -> bool:
     """Whether the request's bytes cannot bound its prompt: PDFs, media by url or file reference."""
     for block in _blocks(request):
         btype = block.get("type")
-        source = block.get("source") if isinstance(block.get("source"), dict) else {}
+        source: dict[str, Any] = block["source"] if isinstance(block.get("source"), dict) else {}
         if btype == "document" and source.get("type") != "text":
             return True
         if btype in ("image", "document") and source.get("type") in ("url", "file"):

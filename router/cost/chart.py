@@ -183,9 +183,9 @@ def build_figure(rep: Report, *, emergency_cutoff: float | None = None) -> Figur
     colours = [UNKNOWN if s is None else (LOCAL_OK if s >= LOCAL_SHARE_GOAL else LOCAL_LOW) for s in shares]
     ax2.bar(x, heights, width=0.6, color=colours, zorder=2)
     ax2.axhline(LOCAL_SHARE_GOAL * 100, color=BUDGET, linestyle="--", linewidth=1.2, zorder=3)
-    for i, (s, p) in enumerate(zip(shares, bars, strict=True)):
-        text = "no queries" if s is None else f"{s:.0%}"
-        if s is not None and n <= 10:
+    for i, (share, p) in enumerate(zip(shares, bars, strict=True)):
+        text = "no queries" if share is None else f"{share:.0%}"
+        if share is not None and n <= 10:
             text += f"\n{p.local_calls + p.cloud_calls:,} q"
         ax2.annotate(text, (i, heights[i]), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
                      fontsize=8 if n <= 16 else 6.5, rotation=0 if n <= 16 else 90, zorder=4)

@@ -372,7 +372,7 @@ class SqliteLedger:
         # A checkpoint fsyncs the WAL, then copies it into the database file and fsyncs that.
         # Frames a reader still needs are not copied (nor synced) yet: report "not done".
         _busy, wal_frames, copied = self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return wal_frames == copied
+        return bool(wal_frames == copied)
 
     def rows(self, first_day: str, last_day: str) -> list[LedgerRow]:
         cur = self._conn().execute(
@@ -386,7 +386,7 @@ class SqliteLedger:
         for name in ("stream", "cloud", "usage_estimated", "fallback", "downgraded"):
             data[name] = bool(data[name])
         data["cost_usd"] = Decimal(str(data["cost_usd"]))
-        return LedgerRow(id=int(r[0]), **data)  # type: ignore[arg-type]
+        return LedgerRow(id=int(str(r[0])), **data)  # type: ignore[arg-type]
 
     def day_totals(self, day: str) -> DayTotals:
         conn = self._conn()

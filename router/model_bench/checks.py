@@ -98,9 +98,9 @@ def extract_python(answer: str) -> str:
     blocks = _FENCE.findall(answer)
     for lang, code in blocks:
         if lang.lower() in ("python", "py", "python3"):
-            return code
+            return str(code)
     if blocks:
-        return blocks[0][1]
+        return str(blocks[0][1])
     m = _CODE_START.search(answer)
     return answer[m.start():] if m else answer
 

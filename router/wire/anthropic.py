@@ -286,7 +286,7 @@ def _upstream_error_object(err: RouterError) -> dict[str, Any] | None:
 
 def error_from_event(event: StreamEvent) -> UpstreamStatusError:
     """Turn an upstream ``error`` stream event into an exception carrying that same error body."""
-    error = event.get("error") if isinstance(event.get("error"), dict) else {}
+    error: dict[str, Any] = event["error"] if isinstance(event.get("error"), dict) else {}
     etype = str(error.get("type") or "api_error")
     message = str(error.get("message") or "upstream stream error")
     status = _STATUS_OF_ERROR_TYPE.get(etype, 500)

@@ -38,12 +38,12 @@ def system_texts(request: Request) -> list[str]:
 
 def tool_names_by_id(request: Request) -> dict[str, str]:
     """tool_use id -> tool name, for APIs whose tool results name the tool rather than the call."""
-    names = {}
+    names: dict[str, str] = {}
     for message in request.get("messages") or []:
         if isinstance(message.get("content"), list):
             for block in message["content"]:
                 if isinstance(block, dict) and block.get("type") == "tool_use":
-                    names[block.get("id")] = block.get("name")
+                    names[str(block.get("id"))] = str(block.get("name"))
     return names
 
 

@@ -357,6 +357,7 @@ def _translate_tools(tools: Any) -> list[dict[str, Any]]:
 
 
 def _translate_tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    result: dict[str, Any] | None
     if choice is None:
         result = None
     elif choice == "auto":
