@@ -25,13 +25,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
 from .config import RouterConfig
 from .features import TASKS, extract_features
 from .internal import text_of
 from .rules import RouteDecision
-
-from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 
 PERFORMANCE_FILE = "model_performance.json"
 MCP_CLIENT = "mcp"
