@@ -155,7 +155,10 @@ class Fuzz:
 
     def review_cases(self) -> None:
         a, o = "/v1/messages", "/v1/chat/completions"
-        deep = lambda n: "[" * n + "]" * n
+
+        def deep(n: int) -> str:
+            return "[" * n + "]" * n
+
         for n in (1_000, 20_000, 100_000):
             self.post(f"anthropic nesting {n} levels", a,
                       json.dumps({**ANTHROPIC_BODY, "x": "D"}).replace('"D"', deep(n)).encode(),

@@ -402,7 +402,7 @@ def main() -> None:
         started = time.perf_counter()
         counts = counter(texts)
         print(f"{label}: counted in {time.perf_counter() - started:.1f} s", flush=True)
-        for i, ((name, body), real) in enumerate(zip(bodies, counts, strict=True)):
+        for (name, body), real in zip(bodies, counts, strict=True):
             classes, parts = classes_of(body)
             estimate = context.estimate_input_tokens(body, model)
             rows.append({"family": label, "model": model, "body": name, "real": real, "estimate": estimate,

@@ -9,7 +9,8 @@ of its example vectors); the route with the highest score wins, and ``margin`` i
 the runner-up (a small margin is a close call). On the project's labelled set the centroid agreed
 with the labels more often than the mean of the k nearest examples for any k (84% against at most
 78% with 16 examples a route, all-MiniLM-L6-v2): one odd example moves a centroid little. The
-nearest single examples are still reported, for ``route explain``. When no embedding backend answers within ``routing.embeddings.timeout_ms``, or
+nearest single examples are still reported, for ``route explain``. When no embedding backend
+answers within ``routing.embeddings.timeout_ms``, or
 the examples could not be embedded yet, the keyword classifier of features.py picks the route
 through each route's ``keyword_tasks``, and the match says so (``source == "keyword"``).
 """

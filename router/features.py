@@ -58,8 +58,8 @@ _TASK_PATTERNS: dict[str, tuple[str, ...]] = {
     "explanation": (r"\bexplain", r"\bwhat (is|are|does)\b", r"\bhow does\b", r"\bwhy\b", r"\bdescribe",
                     r"\bsummar", r"\bwalk me through", r"\bmeaning of"),
     "pattern_recognition": (r"\bpattern", r"\banomal", r"\bcorrelat", r"\btrend", r"\bacross (the|all|every)\b",
-                            r"\bfind (all|every)\b", r"\bsimilar", r"\bcluster", r"\banaly[sz]e\b.*\b(logs?|data|codebase)",
-                            r"\bdetect"),
+                            r"\bfind (all|every)\b", r"\bsimilar", r"\bcluster",
+                            r"\banaly[sz]e\b.*\b(logs?|data|codebase)", r"\bdetect"),
     "planning": (r"\bplan\b", r"\bplanning", r"\bdesign\b", r"\barchitect", r"\broadmap", r"\bstrategy",
                  r"\bmigrat", r"\bsteps? to\b", r"\bbreak (it|this) down", r"\bproposal"),
 }

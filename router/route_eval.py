@@ -123,7 +123,7 @@ def load_items(path: str | Path) -> list[EvalItem]:
             data = json.loads(line)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{number}: not a JSON object: {e}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("prompt"), str) or not isinstance(data.get("want"), str):
+        if not (isinstance(data, dict) and isinstance(data.get("prompt"), str) and isinstance(data.get("want"), str)):
             raise ConfigError(f"{path}:{number}: expected {{\"prompt\": str, \"want\": str}}")
         items.append(EvalItem(data["prompt"], data["want"], str(data.get("id") or number)))
     return items

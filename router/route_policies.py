@@ -63,7 +63,8 @@ def route_problems(cfg: RouterConfig) -> list[str]:
     judge = cfg.routing.judge
     if judge is not None:
         if judge.target not in cfg.targets:
-            problems.append(f"routing.judge.target: unknown target {judge.target!r}; expected one of {sorted(cfg.targets)}")
+            problems.append(f"routing.judge.target: unknown target {judge.target!r}; "
+                            f"expected one of {sorted(cfg.targets)}")
         elif cfg.targets[judge.target].backend in cfg.backends and cfg.target_is_cloud(judge.target):
             problems.append(f"routing.judge.target: {judge.target!r} is a cloud target; the judge must be a local "
                             "model (it is asked on every close call)")

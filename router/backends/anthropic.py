@@ -59,8 +59,8 @@ class AnthropicBackend(Backend):
     def _require_key(self) -> None:
         # Without a key every call would be a 401 the client cannot fix; let a fallback answer instead.
         if not self.api_key():
-            raise BackendUnavailable(self.name, f"no API key: environment variable "
-                                                f"{self.config.api_key_env or '(api_key_env not configured)'} is not set")
+            variable = self.config.api_key_env or "(api_key_env not configured)"
+            raise BackendUnavailable(self.name, f"no API key: environment variable {variable} is not set")
 
     async def _post(self, path: str, body: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """POST and decode the JSON object answered; failures as BackendUnavailable / UpstreamStatusError."""

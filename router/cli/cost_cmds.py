@@ -328,7 +328,8 @@ def budget_show(config_path: str | None, as_json: bool) -> None:
         }, indent=2))
         return
     click.echo(f"budget day       {day} ({cfg.budgets.timezone})")
-    click.echo(f"cloud spend      {_format_usd(spend)} of {_format_usd(limits.daily_budget)}  ({_format_usd(remaining)} remaining)")
+    click.echo(f"cloud spend      {_format_usd(spend)} of {_format_usd(limits.daily_budget)}  "
+               f"({_format_usd(remaining)} remaining)")
     click.echo(f"alert at         {_format_usd(limits.alert_threshold)}"
                + ("  (sent)" if "alert_threshold" in sent else ""))
     click.echo(f"emergency cutoff {_format_usd(limits.emergency_cutoff)}")

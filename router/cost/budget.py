@@ -4,7 +4,8 @@ How overshoot is prevented: before a cloud call, ``admit`` reserves the call's w
 (bounds.py: every prompt token at the dearest input rate, ``max_tokens`` output, as lowered to
 ``reserve_output_tokens_cap``, every allowed web search, the mode multipliers) and refuses when
 today's settled spend + every in-flight reservation + this worst case would reach the budget.
-As each call settles at or under its reservation, settled spend never passes the budget. ``admit`` does not await between reading the totals and taking the
+As each call settles at or under its reservation, settled spend never passes the budget.
+``admit`` does not await between reading the totals and taking the
 reservation, so on one asyncio loop no two calls can both take the last dollar. ``settle``
 swaps the reservation for the real cost in one synchronous step after the ledger write, so at
 no moment is a call counted neither as reserved nor as spent.

@@ -164,13 +164,15 @@ def build_figure(rep: Report, *, emergency_cutoff: float | None = None) -> Figur
     top = max([*spend, *budget, *cutoffs, 0.01]) * 1.22
     ax1.set_ylim(0, top)
     for i, s in enumerate(spend):
-        ax1.annotate(f"${s:,.2f}", (i, s), parse_math=False, xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+        ax1.annotate(f"${s:,.2f}", (i, s), parse_math=False, xytext=(0, 3), textcoords="offset points",
+                     ha="center", va="bottom",
                      fontsize=8 if n <= 16 else 7, rotation=0 if n <= 16 else 90, zorder=4)
     ax1.set_ylabel("USD per week" if weekly else "USD per day")
     ax1.set_title("Cloud spend against the budget" + (" (weekly)" if weekly else ""), fontsize=11, loc="left")
     ax1.grid(axis="y", alpha=0.3, zorder=0)
     handles = [Patch(color=SPEND, label="spend within budget"), Patch(color=OVER, label="spend over budget"),
-               Line2D([], [], color=BUDGET, linewidth=2.2, label="budget" + (" (per week)" if weekly else " (per day)"))]
+               Line2D([], [], color=BUDGET, linewidth=2.2,
+                      label="budget" + (" (per week)" if weekly else " (per day)"))]
     if emergency_cutoff is not None:
         handles.append(Line2D([], [], color=CUTOFF, linestyle="--", label="emergency cutoff"))
     ax1.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)

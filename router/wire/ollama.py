@@ -149,8 +149,8 @@ class StreamTranslator:
     def start(self, chunk: dict[str, Any]) -> list[StreamEvent]:
         model = str(self.request.get("model") or chunk.get("model") or "")
         self.ctx.usage.estimated = True  # until the final object brings the real counts
-        return [{"type": "message_start",
-                 "message": chat.message_skeleton(chat.new_message_id(), model, chat.estimate_prompt_tokens(self.request))}]
+        input_tokens = chat.estimate_prompt_tokens(self.request)
+        return [{"type": "message_start", "message": chat.message_skeleton(chat.new_message_id(), model, input_tokens)}]
 
     def feed(self, chunk: dict[str, Any]) -> list[StreamEvent]:
         msg = chunk.get("message") or {}

@@ -2,8 +2,9 @@
 
 Why not a library: SSE libraries come bound to the way they fetch (httpx-sse to httpx, aiohttp's
 SSE clients to their own reconnecting EventSource); the router only needs a decoder over a
-response it already holds, and the format is a few lines of state. The decoder accepts any chunking of the byte stream, so a line or a UTF-8 character
-split across network reads is reassembled before it is interpreted.
+response it already holds, and the format is a few lines of state. The decoder accepts any chunking
+of the byte stream, so a line or a UTF-8 character split across network reads is reassembled
+before it is interpreted.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ message_stop), the same error bodies, and 401 without a key (sent as
 Knobs: queue ``Reply`` objects in ``replies`` (otherwise ``default_reply`` answers), force an HTTP
 status with ``force_status``, slow every answer with ``delay_s``. ``bill_worst_case`` makes every answer
 report the most a request could be billed: each byte of its prompt (system, messages, tools) as a
-1-hour cache write, ``max_tokens`` output tokens, and ``max_uses`` web searches per web search tool. Every request is recorded in
-``requests`` (path, headers, parsed body).
+1-hour cache write, ``max_tokens`` output tokens, and ``max_uses`` web searches per web search tool.
+Every request is recorded in ``requests`` (path, headers, parsed body).
 """
 
 from __future__ import annotations

@@ -255,7 +255,8 @@ def _assert_refused_for_disk_space(rc: int, out: str, store: str) -> None:
     assert "move the model store to a larger disk with ollama_models_dir" in flat
     recap = parse_recap(out)["aibox"]
     assert recap["changed"] == 0 and recap["failed"] == 1
-    assert "PLAY [Preflight]" in out and "PLAY [NVIDIA driver and CUDA]" not in out, "refused only after the preflight play"
+    assert "PLAY [Preflight]" in out and "PLAY [NVIDIA driver and CUDA]" not in out, \
+        "refused only after the preflight play"
 
 
 def test_disk_preflight_refuses_a_store_that_is_too_small(small_store, playbook, testhost):

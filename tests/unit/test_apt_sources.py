@@ -71,11 +71,12 @@ suites: bookworm
 
 
 def test_one_line_form_with_comments_options_and_security():
-    text = """\
+    keyring = "signed-by=/usr/share/keyrings/debian-archive-keyring.gpg"
+    text = f"""\
 # deb http://commented.example.org/debian bookworm main
 deb-src http://src.example.org/debian bookworm main
-deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://security.debian.org/debian-security bookworm-security main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example.org/debian bookworm main  # trailing
+deb [arch=amd64 {keyring}] http://security.debian.org/debian-security bookworm-security main
+deb [{keyring}] http://mirror.example.org/debian bookworm main  # trailing
 deb http://second.example.org/debian bookworm-updates main
 """
     assert list(apt_sources.one_line_uris(text)) == [

@@ -68,35 +68,34 @@ def _within(module: str, package: str) -> bool:
 # -- the checker itself, on a small tree: a cycle hidden behind a local import is still found ------
 
 
-def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
+def _imports_of_tree(tmp_path: Path, files: dict[str, str]) -> list[Import]:
+    """Write a package made of *files* and read its imports."""
     for name, text in files.items():
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    return tmp_path
+    return imports(tmp_path)
 
 
 def test_the_checker_finds_a_cycle_behind_a_function_level_import(tmp_path: Path) -> None:
-    root = _tree(tmp_path, {
+    edges = _imports_of_tree(tmp_path, {
         "__init__.py": "",
         "config.py": "def check():\n    from . import rules\n    return rules\n",
         "rules.py": "from .config import check\n",
         "wire/__init__.py": "",
         "wire/sse.py": "from ..config import check\n",
     })
-    edges = imports(root)
     assert Import("aibox_router.config", "aibox_router.rules", 2, local=True, type_only=False) in edges
     assert cycles(edges) == [["aibox_router.config", "aibox_router.rules"]]
 
 
 def test_the_checker_counts_type_checking_imports_and_resolves_relative_ones(tmp_path: Path) -> None:
-    root = _tree(tmp_path, {
+    edges = _imports_of_tree(tmp_path, {
         "__init__.py": "",
         "a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .sub import b\n",
         "sub/__init__.py": "",
         "sub/b.py": "from .. import a\nimport aibox_router.sub\n",
     })
-    edges = imports(root)
     assert {(e.importer, e.imported, e.type_only) for e in edges} == {
         ("aibox_router.a", "aibox_router.sub.b", True),
         ("aibox_router.sub.b", "aibox_router.a", False),
@@ -106,5 +105,5 @@ def test_the_checker_counts_type_checking_imports_and_resolves_relative_ones(tmp
 
 
 def test_the_checker_passes_a_tree_that_only_imports_downwards(tmp_path: Path) -> None:
-    root = _tree(tmp_path, {"__init__.py": "", "a.py": "from . import b\n", "b.py": "import json\n"})
-    assert cycles(imports(root)) == []
+    edges = _imports_of_tree(tmp_path, {"__init__.py": "", "a.py": "from . import b\n", "b.py": "import json\n"})
+    assert cycles(edges) == []

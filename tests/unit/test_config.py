@@ -93,7 +93,8 @@ def test_budget_thresholds_must_be_ordered():
 
 
 def test_unknown_time_zone():
-    assert "budgets.timezone: unknown time zone 'Mars/Olympus'" in error_of(with_changes(budgets__timezone="Mars/Olympus"))
+    error = error_of(with_changes(budgets__timezone="Mars/Olympus"))
+    assert "budgets.timezone: unknown time zone 'Mars/Olympus'" in error
 
 
 def test_env_interpolation_and_missing_variable():

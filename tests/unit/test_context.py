@@ -60,7 +60,8 @@ def config(tmp_path: Path | None = None, **over: Any) -> dict[str, Any]:
 
 
 def request(chars: int, max_tokens: int = 512, model: str = "claude-sonnet-4-5", text: str = "") -> dict[str, Any]:
-    filler = ("def handler(event, context):\n    return {'status': 200, 'body': json.dumps(event)}\n" * (chars // 80 + 1))
+    line = "def handler(event, context):\n    return {'status': 200, 'body': json.dumps(event)}\n"
+    filler = line * (chars // 80 + 1)
     return {"model": model, "max_tokens": max_tokens,
             "messages": [{"role": "user", "content": (text + filler)[:chars]}]}
 

@@ -28,7 +28,8 @@ KEYS = {"claude-code": "claude-code-key-0123456789", "alice": "alice-key-0123456
 def render(tmp_path: Path, extra: dict) -> subprocess.CompletedProcess[str]:
     ansible = Path(sys.executable).parent / "ansible-playbook"
     return subprocess.run([str(ansible), "-i", str(REPO / "inventory" / "hosts.yml"), str(PLAYBOOK),
-                           "-e", f"render_dir={tmp_path}", "-e", json.dumps({"vault_router_client_keys": KEYS, **extra})],
+                           "-e", f"render_dir={tmp_path}",
+                           "-e", json.dumps({"vault_router_client_keys": KEYS, **extra})],
                           check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 

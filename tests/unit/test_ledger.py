@@ -18,8 +18,8 @@ from aibox_router.cost.ledger import SCHEMA_VERSION, CutoffState, LedgerRow, Led
 
 
 def row(day: str = "2026-01-15", **kw: object) -> LedgerRow:
-    base: dict[str, object] = {"ts": 1_768_500_000.0, "day": day, "client": "cc", "rule": "r", "target": "t", "backend": "b",
-                                   "model": "m", "protocol": "anthropic", "stream": True, "cloud": True}
+    base: dict[str, object] = {"ts": 1_768_500_000.0, "day": day, "client": "cc", "rule": "r", "target": "t",
+                               "backend": "b", "model": "m", "protocol": "anthropic", "stream": True, "cloud": True}
     base.update(kw)
     return LedgerRow(**base)  # type: ignore[arg-type]
 

@@ -50,7 +50,8 @@ def test_an_unknown_override_target_is_logged_with_what_was_done_instead(router)
 def test_a_downgrade_logs_its_reason(router):
     r = httpx.post(f"{router.url}/v1/messages", json=BODY, headers={**HEADERS, "x-aibox-target": "claude"}, timeout=30)
     assert r.status_code == 200 and r.headers["x-aibox-downgraded"] == "true"
-    line = [ln for ln in router.wait_for_log("refused claude").splitlines() if "reason=" in ln and "refused claude" in ln]
+    log = router.wait_for_log("refused claude")
+    line = [ln for ln in log.splitlines() if "reason=" in ln and "refused claude" in ln]
     assert "client 'dev' daily cloud budget" in line[-1] and "target=local" in line[-1]
 
 

@@ -35,7 +35,8 @@ def config() -> RouterConfig:
         "server": {"state_dir": "/tmp/unused"},
         "backends": {"local": {"type": "ollama", "base_url": "http://127.0.0.1:9"},
                      "cloud": {"type": "anthropic", "base_url": "http://127.0.0.1:9"}},
-        "targets": {"coder": {"backend": "local", "model": "qwen"}, "claude": {"backend": "cloud", "model": "test-cloud"}},
+        "targets": {"coder": {"backend": "local", "model": "qwen"},
+                    "claude": {"backend": "cloud", "model": "test-cloud"}},
         "default_target": "coder",
         "prices": [{"prefix": "test-cloud", "input": 3.0, "output": 15.0}],
     }, env={})

@@ -29,8 +29,9 @@ def test_argument_specs_match_defaults(role: str) -> None:
     spec_file = ROLES_DIR / role / "meta" / "argument_specs.yml"
     assert spec_file.is_file(), f"{role}: meta/argument_specs.yml is missing"
     options = set(_load(spec_file)["argument_specs"]["main"].get("options") or {})
-    assert not defaults - options, f"{role}: in defaults/main.yml but not in argument_specs: {sorted(defaults - options)}"
-    assert not options - defaults, f"{role}: in argument_specs but not in defaults/main.yml: {sorted(options - defaults)}"
+    only_defaults, only_specs = sorted(defaults - options), sorted(options - defaults)
+    assert not only_defaults, f"{role}: in defaults/main.yml but not in argument_specs: {only_defaults}"
+    assert not only_specs, f"{role}: in argument_specs but not in defaults/main.yml: {only_specs}"
 
 
 @pytest.mark.parametrize("role", ROLES)
