@@ -1,4 +1,4 @@
-"""The HTTP face of the router: Anthropic and OpenAI endpoints, health, readiness, metrics.
+"""The HTTP face of the router: Anthropic and OpenAI endpoints, MCP tools, health, readiness, metrics.
 
 Each endpoint authenticates the client, hands the body to its protocol adapter, runs the
 pipeline, and renders the result (or any error) in the caller's own protocol.
@@ -282,6 +282,9 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
 
         config = load_config(config_path or default_config_path())
     state = RouterApp(config_path, config)
+    from .mcp_http import MCP_PATH, McpEndpoint
+
+    mcp_endpoint = McpEndpoint(state, config)
 
     async def messages(request: HTTPRequest) -> Response:
         return await _serve(request, "anthropic")
@@ -449,7 +452,8 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(state.reload()))
         log.info("aibox-router ready (config: %s)", config_path or "embedded default")
         try:
-            yield
+            async with mcp_endpoint.running():
+                yield
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
@@ -464,6 +468,7 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/", root, methods=["GET", "HEAD"]),
+        Route(MCP_PATH, mcp_endpoint),  # the MCP tools over Streamable HTTP (router/mcp_http.py)
     ]
     guard = Middleware(RequestGuard, max_concurrent=lambda: state.server_config.max_concurrent_requests,
                        render_for_path=render_for_path)
