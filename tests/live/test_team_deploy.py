@@ -10,6 +10,7 @@ config schema package.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -17,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
 import yaml
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from aibox_router.cost import SqliteLedger
 from tests.support.router_process import RouterProcess
@@ -178,6 +182,16 @@ def ledger_clients(state_dir: Path) -> list[tuple[str, str, str]]:
         ledger.close()
 
 
+async def ask_local(url: str, headers: dict[str, str]) -> str:
+    """One ask_local call through the official MCP SDK's Streamable HTTP client."""
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(240))
+    async with Client(streamable_http_client(url, http_client=http), read_timeout_seconds=240) as client:
+        result = await client.call_tool("ask_local", {"task_type": "explanation", "max_tokens": 24,
+                                                      "prompt": "What does a Python list comprehension do?"})
+    assert not result.is_error, result
+    return "".join(getattr(block, "text", "") for block in result.content)
+
+
 def test_claude_code_with_only_the_deployed_settings_answers_locally_and_a_revoked_key_gets_401(
         llama_url: str, claude: Path, tmp_path: Path) -> None:
     work = tmp_path / "router"
@@ -203,6 +217,17 @@ def test_claude_code_with_only_the_deployed_settings_answers_locally_and_a_revok
         result = json.loads(answer.stdout)
         assert result["is_error"] is False and result["result"].strip(), result
         assert ("dana", "anthropic", "general") in ledger_clients(work / "state")
+
+        # The MCP tools over the network, registered by the deploy: Claude Code connects, and a tool
+        # call made with exactly that registration is ledgered under dana's name.
+        listed_servers = subprocess.run([str(claude), "mcp", "list"], cwd=project, env=claude_env(home),
+                                        capture_output=True, text=True, timeout=120, check=False)
+        line = next((ln for ln in listed_servers.stdout.splitlines() if ln.startswith("aibox:")), "")
+        assert f"{router.url}/mcp" in line and "Connected" in line, listed_servers.stdout
+        entry = json.loads((home / ".claude.json").read_text())["mcpServers"]["aibox"]
+        answer_text = asyncio.run(ask_local(entry["url"], entry["headers"]))
+        assert answer_text.strip()
+        assert ("dana", "mcp", "general") in ledger_clients(work / "state")
 
         # Continue's config: valid by Continue's own schema, and its local models answer through the router.
         continue_file = home / ".continue" / "config.yaml"
@@ -242,7 +267,9 @@ def test_claude_code_with_only_the_deployed_settings_answers_locally_and_a_revok
         assert httpx.get(f"{router.url}/v1/models", headers={"x-api-key": ed_key}).status_code == 200
         off = run_pyinfra(team, "@local", home, "--data", "developer=dana")
         assert off.returncode == 0, off.output
-        left = tree(home)  # Claude Code keeps its own state in ~/.claude.json and ~/.claude/: that stays
+        # Claude Code keeps its own state in ~/.claude.json and ~/.claude/: that stays, and so do its
+        # own backups of ~/.claude.json (~/.claude/backups/), which hold the now revoked key.
+        left = {path: text for path, text in tree(home).items() if not path.startswith(".claude/backups")}
         assert not [path for path, text in left.items() if text and key in text]
         assert not {".continue", ".config", ".claude/CLAUDE.md", ".claude/settings.json"} & set(left)
         assert "mcpServers" not in json.loads(left[".claude.json"])
