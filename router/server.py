@@ -61,6 +61,16 @@ class ClientKeys:
     def open(self) -> bool:
         return not self._by_digest
 
+    def revoked_by(self, new: ClientKeys) -> ClientKeys:
+        """The keys to accept while a reload to *new* is still being prepared: a key *new* drops
+        (or gives to another client) is refused from now on; one it adds waits for the swap, when
+        the new config's per-client settings serve it too."""
+        if self.open or new.open:  # the new config names the only clients (or opens up: that waits)
+            return new if self.open else self
+        kept = ClientKeys.__new__(ClientKeys)
+        kept._by_digest = {d: n for d, n in self._by_digest.items() if new._by_digest.get(d) == n}
+        return kept
+
     def identify(self, request: HTTPRequest) -> str:
         if self.open:
             return "anonymous"
@@ -172,6 +182,9 @@ class RouterApp:
             except ConfigError as e:
                 log.error("config reload rejected, still serving the previous config: %s", e)
                 return False
+            # Revoked keys are refused at once: preparing the new runtime (asking backends for their
+            # context windows) may take seconds.
+            self.keys = self.keys.revoked_by(ClientKeys(config))
             old = self.runtime
             assert old is not None
             new = old.successor(config)
