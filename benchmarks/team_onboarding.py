@@ -24,8 +24,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.support.router_process import RouterProcess  # noqa: E402
-from tests.support.team_deploy import TeamDir, render_clients, run_pyinfra  # noqa: E402
+from tests.support.router_process import RouterProcess
+from tests.support.team_deploy import TeamDir, render_clients, run_pyinfra
 
 TARGETS = ("claude", "coder", "general", "fast")  # the inventory's target names
 

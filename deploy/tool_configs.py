@@ -24,6 +24,10 @@ CLAUDE_ENV_KEYS = ("ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_DI
 CONTINUE_MODEL_PREFIX = "aibox "
 
 
+class UserFileError(ValueError):
+    """A file on the developer's machine cannot be merged into; the message names it and the fix."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One developer's view of the router."""
@@ -49,10 +53,10 @@ def _json_object(text: str | None, what: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{what} is not valid JSON ({err}); fix or move it, "
+        raise UserFileError(f"{what} is not valid JSON ({err}); fix or move it, "
                          "then run the deploy again") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{what} must hold a JSON object, found {type(data).__name__}")
+        raise UserFileError(f"{what} must hold a JSON object, found {type(data).__name__}")
     return data
 
 
@@ -174,7 +178,7 @@ def _continue_doc(text: str | None) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError("~/.continue/config.yaml must hold a mapping (Continue's config.yaml format)")
+        raise UserFileError("~/.continue/config.yaml must hold a mapping (Continue's config.yaml format)")
     return data
 
 
