@@ -93,7 +93,8 @@ def render_clients(team: TeamDir, workdir: Path) -> list[dict[str, Any]]:
     """The router config's ``clients`` as the router role templates them from *team*'s developers
     (keys generated into its credentials directory on the first run)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    extra = {"team_developers": team.developers(), "team_credentials_dir": str(team.credentials)}
+    extra = {"team_developers": team.developers(), "team_credentials_dir": str(team.credentials),
+             "render_cron": False}
     run = subprocess.run([str(_VENV_BIN / "ansible-playbook"), "-i", str(REPO / "inventory" / "hosts.yml"),
                           str(RENDER_PLAYBOOK), "-e", f"render_dir={workdir}", "-e", json.dumps(extra)],
                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
