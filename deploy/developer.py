@@ -26,7 +26,7 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FactBase
-from pyinfra.facts.server import Home
+from pyinfra.facts.server import Home, Users
 from pyinfra.operations import files
 
 from deploy import tool_configs as tc
@@ -46,6 +46,19 @@ class FileText(FactBase):
         return base64.b64decode("".join(line.strip() for line in output[1:])).decode()
 
 
+class DirListing(FactBase):
+    """Names in a directory (hidden ones too), or None when it is not a directory."""
+
+    def command(self, path: str) -> str:
+        quoted = "'" + path.replace("'", "'\\''") + "'"
+        return f"if [ -d {quoted} ]; then echo dir; ls -A {quoted}; else echo none; fi"
+
+    def process(self, output: list[str]) -> list[str] | None:
+        if not output or output[0].strip() != "dir":
+            return None
+        return [line.strip() for line in output[1:] if line.strip()]
+
+
 Onboard = Callable[[str | None, tc.Endpoint], str]
 Offboard = Callable[[str | None], str | None]
 # (path under the home directory, onboard merge, offboard removal, mode)
@@ -56,8 +69,9 @@ MANAGED: list[tuple[str, Onboard, Offboard, str]] = [
     (".continue/config.yaml", tc.continue_onboard, tc.continue_offboard, "600"),
     (".config/aibox/openai.env", lambda _old, ep: tc.openai_env(ep), lambda _old: None, "600"),
 ]
-# Directories the deploy may have created, removed on offboarding once empty (deepest first).
-CREATED_DIRS = [".config/aibox", ".config", ".continue", ".claude"]
+# Directories the deploy creates when missing (parents first), owned by the developer; removed again
+# on offboarding once nothing else is in them.
+CREATED_DIRS = [".claude", ".continue", ".config", ".config/aibox"]
 
 
 def developers_here(team: Team) -> list[Developer]:
@@ -106,6 +120,13 @@ def configure(team: Team, dev: Developer) -> None:
         raise TeamError(f"{host.name}: no home directory for user {owner or '(the SSH user)'} ({dev.name})")
     ep = None if dev.absent else endpoint(team, dev)
     action = "Offboard" if dev.absent else "Onboard"
+    group = None
+    if ep is not None:
+        group = host.get_fact(Users)[owner]["group"] if owner else None
+        for relative in CREATED_DIRS:
+            if host.get_fact(DirListing, path=f"{home}/{relative}") is None:
+                files.directory(name=f"Onboard {dev.name}: create {home}/{relative}",
+                                path=f"{home}/{relative}", user=owner, group=group)
     removed: set[str] = set()  # paths under home this run deletes
     for relative, onboard, offboard, mode in MANAGED:
         path = f"{home}/{relative}"
@@ -116,29 +137,16 @@ def configure(team: Team, dev: Developer) -> None:
             files.file(name=f"{action} {dev.name}: remove {path}", path=path, present=False)
         else:
             files.put(name=f"{action} {dev.name}: {path}", src=StringIO(wanted), dest=path,
-                      user=owner, mode=mode)
+                      user=owner, group=group, mode=mode, create_remote_dir=False)
     if ep is None:
         # Facts are read before any operation runs: a directory counts as empty when everything
         # in it is removed by this run (deepest directories first).
-        for relative in CREATED_DIRS:
+        for relative in reversed(CREATED_DIRS):  # deepest first
             listing = host.get_fact(DirListing, path=f"{home}/{relative}")
             if listing is not None and all(f"{relative}/{name}" in removed for name in listing):
                 removed.add(relative)
                 files.directory(name=f"Offboard {dev.name}: remove empty {home}/{relative}",
                                 path=f"{home}/{relative}", present=False)
-
-
-class DirListing(FactBase):
-    """Names in a directory (hidden ones too), or None when it is not a directory."""
-
-    def command(self, path: str) -> str:
-        quoted = "'" + path.replace("'", "'\\''") + "'"
-        return f"if [ -d {quoted} ]; then echo dir; ls -A {quoted}; else echo none; fi"
-
-    def process(self, output: list[str]) -> list[str] | None:
-        if not output or output[0].strip() != "dir":
-            return None
-        return [line.strip() for line in output[1:] if line.strip()]
 
 
 _team = load_team()

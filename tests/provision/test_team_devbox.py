@@ -67,7 +67,7 @@ def test_an_admin_onboards_and_offboards_a_machine_over_ssh(devbox: TestHost, tm
     (team.credentials / "alice.key").write_text(KEY + "\n")
 
     first = run_pyinfra(team, "deploy/inventory.py")
-    assert first.returncode == 0 and first.changed == 5, first.output
+    assert first.returncode == 0 and first.changed == 8, first.output  # 5 files, 3 new directories
     print(f"\nonboarding one developer machine over SSH: {first.seconds:.1f} s, {first.changed} changes")
     second = run_pyinfra(team, "deploy/inventory.py")
     assert second.returncode == 0 and second.changed == 0 and second.unchanged == 5, second.output
@@ -75,6 +75,8 @@ def test_an_admin_onboards_and_offboards_a_machine_over_ssh(devbox: TestHost, tm
 
     for path, mode in WRITTEN.items():
         assert stat(devbox, path) == f"alice {mode}", path  # alice's, and the key files private
+    for directory in (".claude", ".continue", ".config", ".config/aibox"):
+        assert stat(devbox, directory).startswith("alice "), directory  # her tools can write there
     settings = json.loads(devbox.run("cat /home/alice/.claude/settings.json").stdout)
     assert settings["model"] == "sonnet" and settings["env"]["EDITOR"] == "nano"
     assert settings["env"]["ANTHROPIC_AUTH_TOKEN"] == KEY
