@@ -404,13 +404,12 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         return Response(openai_api.models_list(list(dict.fromkeys(names))), media_type="application/json")
 
     async def whoami(request: HTTPRequest) -> Response:
-        runtime = state.runtime
-        assert runtime is not None
         try:
             client = state.keys.identify(request)
         except RouterError as err:
             return _error_response(err, anthropic_api.error_body)
-        return JSONResponse(describe(runtime.config, client, MCP_PATH))
+        assert state.runtime is not None
+        return JSONResponse(describe(state.runtime.config, client, MCP_PATH))
 
     async def health(request: HTTPRequest) -> Response:
         return JSONResponse({"status": "ok"})
