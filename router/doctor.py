@@ -346,20 +346,37 @@ class Doctor:
             return Check("warn", "claude mcp", problem, "Claude Code cannot read it either; fix or remove it")
         if data is None:
             return Check("skip", "claude mcp", f"{where} not found (Claude Code not set up for this user)")
-        servers = data.get("mcpServers") if isinstance(data, dict) else None
         url = f"{self.settings.url}{MCP_PATH}"
         register = (f"claude mcp add --scope user --transport http aibox {url} "
                     f"--header \"Authorization: Bearer ${KEY_ENV}\" (or re-run the team deploy)")
-        for name, entry in (servers or {}).items():
-            if not isinstance(entry, dict) or str(entry.get("url", "")).rstrip("/") != url:
-                continue
-            sent = {k.lower(): v for k, v in (entry.get("headers") or {}).items()}
-            key = self.settings.key
-            if key and sent.get("authorization") != f"Bearer {key}" and sent.get("x-api-key") != key:
-                return Check("warn", "claude mcp", f"{where} registers {name!r} at {url} with another key "
-                             f"than {mask(key)}", register)
-            return Check("ok", "claude mcp", f"{where} registers {name!r} at {url}")
-        return Check("warn", "claude mcp", f"{where} has no MCP server at {url}", register)
+        found = _registered(data.get("mcpServers") if isinstance(data, dict) else None, url)
+        if found is None:
+            projects = data.get("projects") if isinstance(data, dict) else None
+            local = [folder for folder, project in (projects or {}).items() if isinstance(project, dict)
+                     and _registered(project.get("mcpServers"), url) is not None]
+            if local:  # `claude mcp add` without --scope: only Claude Code sessions in that folder see it
+                return Check("warn", "claude mcp", f"{where} registers {url} only for {', '.join(local)}",
+                             register)
+            return Check("warn", "claude mcp", f"{where} has no MCP server at {url}", register)
+        name, headers = found
+        key = self.settings.key
+        if key and headers.get("authorization") != f"Bearer {key}" and headers.get("x-api-key") != key:
+            return Check("warn", "claude mcp", f"{where} registers {name!r} at {url} with another key "
+                         f"than {mask(key)}", register)
+        return Check("ok", "claude mcp", f"{where} registers {name!r} at {url}")
+
+
+def _registered(servers: Any, url: str) -> tuple[str, dict[str, str]] | None:
+    """The name and (lower-cased) headers of the first MCP server entry at *url*."""
+    if not isinstance(servers, dict):
+        return None
+    for name, entry in servers.items():
+        if isinstance(entry, dict) and str(entry.get("url", "")).rstrip("/") == url:
+            headers = entry.get("headers")
+            if not isinstance(headers, dict):
+                headers = {}
+            return str(name), {str(k).lower(): str(v) for k, v in headers.items()}
+    return None
 
 
 def run_doctor(url: str | None, key: str | None, timeout_s: float, answer_timeout_s: float,

@@ -56,8 +56,11 @@ def test_mask_never_shows_a_usable_part_of_the_key() -> None:
 
 
 def run(tmp_path: Path, answer: Callable[[httpx.Request], httpx.Response],
-        registration: dict[str, Any] | None = None) -> tuple[dict[str, Check], int, str]:
-    (tmp_path / ".claude.json").write_text(json.dumps({"mcpServers": registration or {}}))
+        registration: dict[str, Any] | None = None,
+        claude_json: dict[str, Any] | None = None) -> tuple[dict[str, Check], int, str]:
+    """The checks by name, the exit status and the output, with ~/.claude.json holding *claude_json*
+    (default: *registration* as its user-scope MCP servers)."""
+    (tmp_path / ".claude.json").write_text(json.dumps(claude_json or {"mcpServers": registration or {}}))
     checks, status = run_doctor(URL, KEY, 5, 5, env={}, home=tmp_path, transport=httpx.MockTransport(answer))
     output = "\n".join(c.line() for c in checks)
     assert KEY not in output
@@ -118,6 +121,16 @@ def test_registration_with_another_key_is_a_warning(tmp_path: Path) -> None:
     current = {"aibox": {"type": "http", "url": f"{URL}/mcp/", "headers": {"x-api-key": KEY}}}
     checks, _, _ = run(tmp_path, older_router, current)
     assert checks["claude mcp"].status == "ok"
+
+
+def test_a_registration_for_one_project_only_is_a_warning(tmp_path: Path) -> None:
+    """`claude mcp add` without --scope writes the entry under the folder it ran in."""
+    entry = {"type": "http", "url": f"{URL}/mcp", "headers": {"Authorization": f"Bearer {KEY}"}}
+    one_project = {"projects": {"/src/app": {"mcpServers": {"aibox": entry}}}}
+    checks, _, _ = run(tmp_path, older_router, claude_json=one_project)
+    registration = checks["claude mcp"]
+    assert registration.status == "warn" and "only for /src/app" in registration.detail
+    assert "--scope user" in registration.fix
 
 
 @pytest.mark.parametrize("url", ["aibox:8088", "ftp://aibox"])
