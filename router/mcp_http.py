@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from .server import RouterApp
 
 log = logging.getLogger("aibox_router.mcp")
+# The SDK's transport logs "Terminating session: None" at INFO after every stateless request.
+logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)
 
 MCP_PATH = "/mcp"
 # The client a request's key belongs to, put in the ASGI scope by McpEndpoint and read by the tools.

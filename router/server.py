@@ -296,6 +296,7 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         config = load_config(config_path or default_config_path())
     state = RouterApp(config_path, config)
     from .mcp_http import MCP_PATH, McpEndpoint
+    from .whoami import WHOAMI_PATH, describe
 
     mcp_endpoint = McpEndpoint(state, config)
 
@@ -402,6 +403,14 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         names = list(targets) + [t.model for t in targets.values()]
         return Response(openai_api.models_list(list(dict.fromkeys(names))), media_type="application/json")
 
+    async def whoami(request: HTTPRequest) -> Response:
+        try:
+            client = state.keys.identify(request)
+        except RouterError as err:
+            return _error_response(err, anthropic_api.error_body)
+        assert state.runtime is not None
+        return JSONResponse(describe(state.runtime.config, client, MCP_PATH))
+
     async def health(request: HTTPRequest) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -482,6 +491,7 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         Route("/metrics", metrics, methods=["GET"]),
         Route("/", root, methods=["GET", "HEAD"]),
         Route(MCP_PATH, mcp_endpoint),  # the MCP tools over Streamable HTTP (router/mcp_http.py)
+        Route(WHOAMI_PATH, whoami, methods=["GET"]),  # what the presented key may use (router/whoami.py)
     ]
     guard = Middleware(RequestGuard, max_concurrent=lambda: state.server_config.max_concurrent_requests,
                        render_for_path=render_for_path)

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "status": "status:status",
     "bench": "bench:bench",
     "mcp": "mcp_cmd:mcp",
+    "doctor": "doctor:doctor",
 }
 
 

@@ -111,6 +111,18 @@ async def test_sdk_client_without_a_valid_key_is_refused(router: RouterProcess) 
             _flatten(refused.value)
 
 
+def test_whoami_names_the_keys_own_targets(router: RouterProcess) -> None:
+    bob = httpx.get(f"{router.url}/aibox/whoami", headers={"x-api-key": BOB_KEY})
+    assert bob.status_code == 200 and bob.json() == {
+        "client": "bob", "targets": [{"name": "claude", "model": "claude-sonnet-4-6", "cloud": True}],
+        "default_target": None, "override_header": "x-aibox-target", "daily_budget_usd": None,
+        "mcp_path": "/mcp"}
+    alice = httpx.get(f"{router.url}/aibox/whoami", headers={"Authorization": f"Bearer {ALICE_KEY}"}).json()
+    assert [t["name"] for t in alice["targets"]] == ["small", "claude"] and alice["default_target"] == "small"
+    refused = httpx.get(f"{router.url}/aibox/whoami")
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+
+
 def _flatten(exc: BaseException) -> str:
     parts = [f"{type(exc).__name__}: {exc}"]
     for inner in getattr(exc, "exceptions", ()):
