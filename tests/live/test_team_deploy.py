@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,10 @@ def router_config(llama_url: str, clients: list[dict[str, Any]]) -> dict[str, An
     }
 
 
+def key_of(home: Path) -> str:
+    return json.loads((home / ".claude" / "settings.json").read_text())["env"]["ANTHROPIC_AUTH_TOKEN"]
+
+
 def ledger_clients(state_dir: Path) -> list[tuple[str, str, str]]:
     ledger = SqliteLedger.in_state_dir(str(state_dir), create=False)
     try:
@@ -229,6 +234,12 @@ def test_claude_code_with_only_the_deployed_settings_answers_locally_and_a_revok
         assert answer_text.strip()
         assert ("dana", "mcp", "general") in ledger_clients(work / "state")
 
+        # The check a developer runs after onboarding, reading the same files.
+        doctor = subprocess.run([str(Path(sys.executable).parent / "aibox-router"), "doctor"], cwd=project,
+                                env=claude_env(home), capture_output=True, text=True, timeout=300, check=False)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        assert key_of(home) not in doctor.stdout + doctor.stderr
+
         # Continue's config: valid by Continue's own schema, and its local models answer through the router.
         continue_file = home / ".continue" / "config.yaml"
         assert validate_continue_config(continue_file) == {"ok": True}
@@ -249,7 +260,7 @@ def test_claude_code_with_only_the_deployed_settings_answers_locally_and_a_revok
             m["id"] for m in listed.json()["data"]}
 
         # Offboarding dana: re-render (dana is no client any more), reload, and her key is refused.
-        key = json.loads((home / ".claude" / "settings.json").read_text())["env"]["ANTHROPIC_AUTH_TOKEN"]
+        key = key_of(home)
         mark_absent(team, "dana")
         started = time.monotonic()
         router.write_config(router_config(llama_url, render_clients(team, tmp_path / "render2")))
