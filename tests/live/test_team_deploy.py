@@ -235,8 +235,9 @@ def test_claude_code_with_only_the_deployed_settings_answers_locally_and_a_revok
         assert ("dana", "mcp", "general") in ledger_clients(work / "state")
 
         # The check a developer runs after onboarding, reading the same files.
-        doctor = subprocess.run([str(Path(sys.executable).parent / "aibox-router"), "doctor"], cwd=project,
-                                env=claude_env(home), capture_output=True, text=True, timeout=300, check=False)
+        doctor = subprocess.run([str(Path(sys.executable).parent / "aibox-router"), "doctor"],
+                                cwd=project, env=claude_env(home), capture_output=True, text=True,
+                                timeout=300, check=False)
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
         assert key_of(home) not in doctor.stdout + doctor.stderr
 
