@@ -1,4 +1,4 @@
-"""The HTTP face of the router: Anthropic and OpenAI endpoints, health, readiness, metrics.
+"""The HTTP face of the router: Anthropic and OpenAI endpoints, MCP tools, health, readiness, metrics.
 
 Each endpoint authenticates the client, hands the body to its protocol adapter, runs the
 pipeline, and renders the result (or any error) in the caller's own protocol.
@@ -69,6 +69,16 @@ class ClientKeys:
     @property
     def open(self) -> bool:
         return not self._by_digest
+
+    def revoked_by(self, new: ClientKeys) -> ClientKeys:
+        """The keys to accept while a reload to *new* is still being prepared: a key *new* drops
+        (or gives to another client) is refused from now on; one it adds waits for the swap, when
+        the new config's per-client settings serve it too."""
+        if self.open or new.open:  # the new config names the only clients (or opens up: that waits)
+            return new if self.open else self
+        kept = ClientKeys.__new__(ClientKeys)
+        kept._by_digest = {d: n for d, n in self._by_digest.items() if new._by_digest.get(d) == n}
+        return kept
 
     def identify(self, request: HTTPRequest) -> str:
         if self.open:
@@ -181,6 +191,9 @@ class RouterApp:
             except ConfigError as e:
                 log.error("config reload rejected, still serving the previous config: %s", e)
                 return False
+            # Revoked keys are refused at once: preparing the new runtime (asking backends for their
+            # context windows) may take seconds.
+            self.keys = self.keys.revoked_by(ClientKeys(config))
             old = self.runtime
             assert old is not None
             new = old.successor(config)
@@ -306,6 +319,10 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
     if config is None:
         config = load_config(config_path or default_config_path())
     state = RouterApp(config_path, config)
+    from .mcp_http import MCP_PATH, McpEndpoint
+    from .whoami import WHOAMI_PATH, describe
+
+    mcp_endpoint = McpEndpoint(state, config)
 
     async def messages(request: HTTPRequest) -> Response:
         return await _serve(request, ANTHROPIC)
@@ -392,6 +409,14 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         names = list(targets) + [t.model for t in targets.values()]
         return Response(OPENAI.models_body(list(dict.fromkeys(names))), media_type="application/json")
 
+    async def whoami(request: HTTPRequest) -> Response:
+        try:
+            client = state.keys.identify(request)
+        except RouterError as err:
+            return _error_response(err, anthropic_api.error_body)
+        assert state.runtime is not None
+        return JSONResponse(describe(state.runtime.config, client, MCP_PATH))
+
     async def health(request: HTTPRequest) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -449,7 +474,8 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(state.reload()))
         log.info("aibox-router ready (config: %s)", config_path or "embedded default")
         try:
-            yield
+            async with mcp_endpoint.running():
+                yield
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
@@ -464,6 +490,8 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/", root, methods=["GET", "HEAD"]),
+        Route(MCP_PATH, mcp_endpoint),  # the MCP tools over Streamable HTTP (router/mcp_http.py)
+        Route(WHOAMI_PATH, whoami, methods=["GET"]),  # what the presented key may use (router/whoami.py)
     ]
     guard = Middleware(RequestGuard, max_concurrent=lambda: state.server_config.max_concurrent_requests,
                        render_for_path=render_for_path)

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "status": "status:status",
     "bench": "model_bench:bench",
     "mcp": "mcp_cmd:mcp",
+    "doctor": "doctor:doctor",
 }
 
 

@@ -108,7 +108,7 @@ def test_the_aibox_script_lists_every_subcommand_the_docs_use() -> None:
 # -- config snippets ---------------------------------------------------------------------------------
 
 ROUTER_KEYS = set(RouterConfig.__struct_fields__)
-INVENTORY_PREFIXES = ("router_", "budgets_", "models_", "ollama_", "nvidia_", "cost_cron_", "vault_")
+INVENTORY_PREFIXES = ("router_", "budgets_", "models_", "ollama_", "nvidia_", "cost_cron_", "vault_", "team_")
 
 
 def _yaml_snippets() -> list[tuple[str, object]]:

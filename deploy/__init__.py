@@ -1,0 +1,1 @@
+"""pyinfra deploy for developer machines (docs/team.md): the team inventory, the tool configs, the deploy."""
