@@ -75,23 +75,30 @@ class McpEndpoint:
 
     def __init__(self, state: RouterApp, config: RouterConfig):
         self._state = state
-        server, _ = build_server(config, LiveRuntime(state), client_of)
-        # The SDK's own factory builds the session manager for its lowlevel server; its Starlette
-        # app is not used (the route lives in the router's app, behind this class's checks).
-        server.streamable_http_app(
+        self._server, _ = build_server(config, LiveRuntime(state), client_of)
+        self._max_body_bytes = config.server.max_body_bytes
+        self._manager: StreamableHTTPSessionManager | None = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The transport's task group, for one run of the router's lifespan. A session manager runs
+        only once, so each run (an app started again, as tests do) gets a new one."""
+        # The SDK's own factory builds the manager for its lowlevel server; its Starlette app is
+        # not used (the route lives in the router's app, behind this class's checks).
+        self._server.streamable_http_app(
             stateless_http=True,
-            max_request_body_size=config.server.max_body_bytes,
+            max_request_body_size=self._max_body_bytes,
             # Keys authenticate every request; a Host allow-list cannot be known here (the box
             # is reached by whatever name or address the LAN gives it).
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
-        self._manager: StreamableHTTPSessionManager = server.session_manager
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """The transport's task group; entered once, in the router's lifespan."""
-        async with self._manager.run():
-            yield
+        manager: StreamableHTTPSessionManager = self._server.session_manager
+        async with manager.run():
+            self._manager = manager
+            try:
+                yield
+            finally:
+                self._manager = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = HTTPRequest(scope)
@@ -109,6 +116,8 @@ class McpEndpoint:
             await refusal(err)(scope, receive, send)
             return
         scope[CLIENT_SCOPE_KEY] = client
+        if self._manager is None:  # only between lifespans: the app serves nothing then
+            raise RuntimeError("the MCP endpoint is not running")
         await self._manager.handle_request(scope, receive, send)
 
 
