@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -37,7 +37,20 @@ from .mcp_server import build_server
 
 if TYPE_CHECKING:
     from .runtime import Runtime
-    from .server import RouterApp
+
+
+class Keys(Protocol):
+    def identify(self, request: HTTPRequest) -> str: ...
+
+
+class RouterState(Protocol):
+    """What /mcp needs of the server's state (server.RouterApp): the client keys in force and the
+    current runtime. A protocol, so that this module does not import the server that mounts it."""
+
+    @property
+    def keys(self) -> Keys: ...
+
+    def use_runtime(self) -> contextlib.AbstractAsyncContextManager[Runtime]: ...
 
 log = logging.getLogger("aibox_router.mcp")
 # The SDK's transport logs "Terminating session: None" at INFO after every stateless request.
@@ -54,7 +67,7 @@ _REFUSED_CODE = -32001
 class LiveRuntime:
     """The router's current runtime, held (against a reload closing its backends) for one tool call."""
 
-    def __init__(self, state: RouterApp):
+    def __init__(self, state: RouterState):
         self._state = state
 
     def use(self) -> contextlib.AbstractAsyncContextManager[Runtime]:
@@ -73,7 +86,7 @@ def client_of(ctx: Any) -> str:
 class McpEndpoint:
     """The ASGI app at ``/mcp``: authenticates, then hands the request to the SDK's transport."""
 
-    def __init__(self, state: RouterApp, config: RouterConfig):
+    def __init__(self, state: RouterState, config: RouterConfig):
         self._state = state
         self._server, _ = build_server(config, LiveRuntime(state), client_of)
         self._max_body_bytes = config.server.max_body_bytes

@@ -47,7 +47,9 @@ from .errors import (
 from .gpu import register_metrics as register_gpu_metrics
 from .http_guard import REQUEST_ID_KEY, RequestGuard
 from .internal import CallContext
+from .mcp_http import MCP_PATH, McpEndpoint
 from .runtime import Runtime
+from .whoami import WHOAMI_PATH, describe
 
 log = logging.getLogger("aibox_router.server")
 
@@ -319,8 +321,6 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
     if config is None:
         config = load_config(config_path or default_config_path())
     state = RouterApp(config_path, config)
-    from .mcp_http import MCP_PATH, McpEndpoint
-    from .whoami import WHOAMI_PATH, describe
 
     mcp_endpoint = McpEndpoint(state, config)
 
@@ -413,7 +413,7 @@ def create_app(config_path: str | None = None, config: RouterConfig | None = Non
         try:
             client = state.keys.identify(request)
         except RouterError as err:
-            return _error_response(err, anthropic_api.error_body)
+            return _error_response(err, ANTHROPIC.error_body)
         assert state.runtime is not None
         return JSONResponse(describe(state.runtime.config, client, MCP_PATH))
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from aibox_router.config import parse_config
+from aibox_router.config_load import parse_config
 from aibox_router.errors import AuthenticationError
 from aibox_router.server import ClientKeys
 

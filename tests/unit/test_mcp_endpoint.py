@@ -8,7 +8,7 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from aibox_router.config import parse_config
+from aibox_router.config_load import parse_config
 from aibox_router.server import create_app
 
 KEY = "sk-aibox-unit-mcp-0123456789"
