@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import RouterConfig
 from .features import TASKS, extract_features
+from .gpu import routing_features
 from .internal import text_of
 from .rules import RouteDecision
 
@@ -100,7 +101,7 @@ def plan_local(runtime: Any, request: dict[str, Any], task_type: str) -> Any:
     from .pipeline import Plan
 
     cfg: RouterConfig = runtime.config
-    gpu = runtime.gpu.features() if runtime.gpu is not None else dict(cfg.gpu.defaults_when_absent)
+    gpu = routing_features(runtime.gpu, cfg.gpu)
     features = extract_features(request, body_size=len(json.dumps(request)), client=MCP_CLIENT,
                                 protocol=MCP_PROTOCOL, aliases=cfg.aliases, gpu=gpu)
     features.task = task_type
