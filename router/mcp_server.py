@@ -189,22 +189,15 @@ async def list_local_models(holder: RuntimeHolder) -> dict[str, Any]:
     return result
 
 
-def _usd(value: Decimal) -> str:
-    return f"{value:.4f}"
-
-
 async def usage_report(holder: RuntimeHolder) -> dict[str, Any]:
     """Today's usage, read from the ledger (so it includes the daemon's traffic, not only this process's)."""
-    from .cost import BudgetLimits, day_of
+    from .cost.budget_view import budget_view, money
 
     runtime = await holder.get()
     cfg: RouterConfig = runtime.config
     store = runtime.accounting.store
-    limits = BudgetLimits.from_config(cfg)
-    day = day_of(time.time(), limits.timezone)
-    rows = await asyncio.to_thread(store.rows, day, day)
-    cutoff = await asyncio.to_thread(store.get_cutoff)
-    spend = sum((r.cost_usd for r in rows if r.cloud), Decimal(0))
+    view = await asyncio.to_thread(budget_view, cfg, store, time.time())
+    rows = await asyncio.to_thread(store.rows, view.day, view.day)
     by_target: dict[str, dict[str, Any]] = {}
     for r in rows:
         e = by_target.setdefault(r.target or "(refused)", {"requests": 0, "errors": 0, "input_tokens": 0,
@@ -217,16 +210,12 @@ async def usage_report(holder: RuntimeHolder) -> dict[str, Any]:
         e["cost_usd"] += r.cost_usd
         e["energy_j"] += r.energy_j or 0.0
     for e in by_target.values():
-        e["cost_usd"] = _usd(e["cost_usd"])
+        e["cost_usd"] = money(e["cost_usd"])
         e["energy_j"] = round(e["energy_j"], 1)
     local = sum(1 for r in rows if not r.cloud and r.status == "ok")
     served = sum(1 for r in rows if r.status == "ok")
     return {
-        "day": day, "timezone": cfg.budgets.timezone,
-        "cloud_spend_usd": _usd(spend), "daily_budget_usd": _usd(limits.daily_budget),
-        "remaining_usd": _usd(max(Decimal(0), limits.daily_budget - spend)),
-        "alert_threshold_usd": _usd(limits.alert_threshold), "emergency_cutoff_usd": _usd(limits.emergency_cutoff),
-        "cutoff_engaged": cutoff.active_on(day), "cutoff_reason": cutoff.reason if cutoff.active_on(day) else "",
+        **view.as_json(),
         "requests": len(rows), "served": served, "served_locally": local,
         "local_share": round(local / served, 3) if served else None,
         "mcp_requests": sum(1 for r in rows if r.protocol == MCP_PROTOCOL),
