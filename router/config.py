@@ -177,14 +177,16 @@ class PriceConfig(_Base, kw_only=True):
 
 
 class BudgetConfig(_Base, kw_only=True):
-    timezone: str = "UTC"
-    daily_budget: float = 10.00
-    alert_threshold: float = 8.00
-    emergency_cutoff: float = 12.00
+    # No defaults here: a config's `budgets` is laid over the shipped ones (embedded_budgets), so the
+    # numbers have one home, router/defaults/config.yml, which the Ansible role reads too.
+    timezone: str
+    daily_budget: float
+    alert_threshold: float
+    emergency_cutoff: float
     # The most output tokens one cloud call may produce: a larger max_tokens is lowered to this
     # before the call goes out (header x-aibox-max-tokens-clamped), and the full (lowered)
     # max_tokens is reserved, so the reservation is a true bound. See docs/cost-control.md.
-    reserve_output_tokens_cap: int = 32000
+    reserve_output_tokens_cap: int
 
 
 class EmailAlertConfig(_Base, kw_only=True):
@@ -227,7 +229,7 @@ class RouterConfig(_Base, kw_only=True):
     routes: list[RouteConfig] = []
     routing: RoutingConfig = RoutingConfig()
     default_target: str
-    budgets: BudgetConfig = BudgetConfig()
+    budgets: BudgetConfig  # parse_config fills in the shipped budgets (embedded_budgets)
     # Omitted: the embedded table (router/defaults/config.yml). Given: merged over it by prefix
     # (see merge_prices); parse_config stores the merged table here.
     prices: list[PriceConfig] | None = None
@@ -304,6 +306,9 @@ def parse_config(data: Any, source: str = "<config>", env: dict[str, str] | None
         data = interpolate_env(data, dict(os.environ) if env is None else env)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    budgets = data.get("budgets", {})
+    if isinstance(budgets, dict):  # anything else is refused by the schema below, naming the key
+        data = {**data, "budgets": {**embedded_budgets(), **budgets}}
     try:
         cfg = msgspec.convert(data, RouterConfig, strict=False)
     except msgspec.ValidationError as e:
@@ -329,6 +334,21 @@ def embedded_prices() -> tuple[PriceConfig, ...]:
         return tuple(msgspec.convert(data["prices"], list[PriceConfig], strict=False))
     except (KeyError, TypeError, msgspec.ValidationError) as e:  # a packaging bug, not an operator's
         raise ConfigError(f"{DEFAULT_CONFIG_PATH}: prices: the embedded price table is invalid: {e}") from None
+
+
+@functools.cache
+def _shipped_budgets() -> tuple[tuple[str, Any], ...]:
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+    budgets = data.get("budgets") if isinstance(data, dict) else None
+    if not isinstance(budgets, dict):  # a packaging bug, not an operator's
+        raise ConfigError(f"{DEFAULT_CONFIG_PATH}: budgets: the shipped budget defaults are missing")
+    return tuple(budgets.items())
+
+
+def embedded_budgets() -> dict[str, Any]:
+    """The budget defaults shipped with the router: the ``budgets`` of ``defaults/config.yml``, their
+    one home. A config's ``budgets`` keys are laid over them."""
+    return dict(_shipped_budgets())
 
 
 def merge_prices(base: Sequence[PriceConfig], overrides: Sequence[PriceConfig]) -> list[PriceConfig]:
