@@ -96,7 +96,7 @@ def test_the_view_adds_up_the_ledger(config: Path) -> None:
 
 def test_without_a_ledger_nothing_is_spent(config: Path) -> None:
     view = budget_view(load_config(config), None, time.time())
-    assert view.spend == 0 and view.remaining == Decimal("10") and not view.cutoff_engaged
+    assert view.spend == 0 and view.remaining == Decimal(10) and not view.cutoff_engaged
     assert view.as_json()["clients"]["alice"] == {"spend_usd": "0.000000", "daily_budget_usd": "2.500000"}
 
 

@@ -92,7 +92,8 @@ def test_common_task_files_use_exactly_their_declared_inputs(entry_point: str) -
         return text
 
     text = text_of(entry_point)
-    outputs = set(re.findall(r"register: (_common_\w+)", text)) | set(re.findall(r"^\s+(_common_\w+):", text, re.M))
+    registered = set(re.findall(r"register: (_common_\w+)", text))
+    outputs = registered | set(re.findall(r"^\s+(_common_\w+):", text, re.MULTILINE))
     read = set(re.findall(r"\b(_common_\w+)\b", text)) - outputs
     options = _load(COMMON / "meta" / "argument_specs.yml")["argument_specs"][entry_point].get("options") or {}
     assert read == set(options), f"common/{entry_point}: reads {sorted(read)}, declares {sorted(options)}"
