@@ -167,14 +167,16 @@ class PriceConfig(_Base, kw_only=True, frozen=True):
 
 
 class BudgetConfig(_Base, kw_only=True, frozen=True):
-    timezone: str = "UTC"
-    daily_budget: float = 10.00
-    alert_threshold: float = 8.00
-    emergency_cutoff: float = 12.00
+    # No defaults here: a config's `budgets` is laid over the shipped ones (embedded_budgets), so the
+    # numbers have one home, router/defaults/config.yml, which the Ansible role reads too.
+    timezone: str
+    daily_budget: float
+    alert_threshold: float
+    emergency_cutoff: float
     # The most output tokens one cloud call may produce: a larger max_tokens is lowered to this
     # before the call goes out (header x-aibox-max-tokens-clamped), and the full (lowered)
     # max_tokens is reserved, so the reservation is a true bound. See docs/cost-control.md.
-    reserve_output_tokens_cap: int = 32000
+    reserve_output_tokens_cap: int
 
 
 class EmailAlertConfig(_Base, kw_only=True, frozen=True):
@@ -217,7 +219,7 @@ class RouterConfig(_Base, kw_only=True, frozen=True):
     routes: list[RouteConfig] = []
     routing: RoutingConfig = RoutingConfig()
     default_target: str
-    budgets: BudgetConfig = BudgetConfig()
+    budgets: BudgetConfig  # parse_config fills in the shipped budgets (embedded_budgets)
     # Omitted: the embedded table (router/defaults/config.yml). Given: merged over it by prefix
     # (see merge_prices); parse_config stores the merged table here.
     prices: list[PriceConfig] | None = None

@@ -79,6 +79,9 @@ def parse_config(data: Any, source: str = "<config>", env: dict[str, str] | None
         data = interpolate_env(data, dict(os.environ) if env is None else env)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    budgets = data.get("budgets", {})
+    if isinstance(budgets, dict):  # anything else is refused by the schema below, naming the key
+        data = {**data, "budgets": {**embedded_budgets(), **budgets}}
     try:
         cfg = msgspec.convert(data, RouterConfig, strict=False)
     except msgspec.ValidationError as e:
@@ -104,6 +107,21 @@ def embedded_prices() -> tuple[PriceConfig, ...]:
         return tuple(msgspec.convert(data["prices"], list[PriceConfig], strict=False))
     except (KeyError, TypeError, msgspec.ValidationError) as e:  # a packaging bug, not an operator's
         raise ConfigError(f"{DEFAULT_CONFIG_PATH}: prices: the embedded price table is invalid: {e}") from None
+
+
+@functools.cache
+def _shipped_budgets() -> tuple[tuple[str, Any], ...]:
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+    budgets = data.get("budgets") if isinstance(data, dict) else None
+    if not isinstance(budgets, dict):  # a packaging bug, not an operator's
+        raise ConfigError(f"{DEFAULT_CONFIG_PATH}: budgets: the shipped budget defaults are missing")
+    return tuple(budgets.items())
+
+
+def embedded_budgets() -> dict[str, Any]:
+    """The budget defaults shipped with the router: the ``budgets`` of ``defaults/config.yml``, their
+    one home. A config's ``budgets`` keys are laid over them."""
+    return dict(_shipped_budgets())
 
 
 def merge_prices(base: Sequence[PriceConfig], overrides: Sequence[PriceConfig]) -> list[PriceConfig]:

@@ -37,6 +37,8 @@ from .metrics import register_collector
 
 log = logging.getLogger("aibox_router.gpu")
 
+# The GPU routing features: their one definition. Rules are checked against these names
+# (rules.py) and every request carries all of them, read or not (routing_features).
 FEATURE_NAMES = ("gpu_available", "gpu_memory_used_fraction", "gpu_utilization", "gpu_temperature_c",
                  "gpu_power_w")
 JOULES_PER_KWH = Decimal(3_600_000)
@@ -212,8 +214,7 @@ class GpuMonitor:
 
     def features(self) -> dict[str, float]:
         """Routing features (see the module docstring); configured defaults for what cannot be read."""
-        defaults = self.config.defaults_when_absent
-        out = {name: float(defaults.get(name, 0.0)) for name in FEATURE_NAMES}
+        out = features_when_absent(self.config)
         snap = self.snapshot()
         out["gpu_available"] = 1.0 if snap.available else 0.0
         if not snap.available:
@@ -246,6 +247,21 @@ class GpuMonitor:
         if snap.driver_version:
             lines.append(f"driver {snap.driver_version}")
         return "\n".join(lines)
+
+
+def features_when_absent(config: GpuConfig) -> dict[str, float]:
+    """Every GPU feature as it reads without a GPU: ``gpu_available`` 0, the rest from
+    ``gpu.defaults_when_absent`` (else 0)."""
+    defaults = config.defaults_when_absent
+    out = {name: float(defaults.get(name, 0.0)) for name in FEATURE_NAMES}
+    out["gpu_available"] = 0.0
+    return out
+
+
+def routing_features(monitor: GpuMonitor | None, config: GpuConfig) -> dict[str, float]:
+    """The GPU features of one request: read through *monitor*, or, where the router reads no GPU
+    (``gpu.enabled: false``), all of them as :func:`features_when_absent` gives them."""
+    return monitor.features() if monitor is not None else features_when_absent(config)
 
 
 def describe_gpu(g: GpuReading) -> str:

@@ -44,6 +44,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from .config import RouterConfig
 from .features import TASKS, extract_features
+from .gpu import routing_features
 from .internal import text_of
 from .rules import RouteDecision
 
@@ -148,7 +149,7 @@ def plan_local(runtime: Any, request: dict[str, Any], task_type: str, client: st
     from .pipeline import Plan
 
     cfg: RouterConfig = runtime.config
-    gpu = runtime.gpu.features() if runtime.gpu is not None else dict(cfg.gpu.defaults_when_absent)
+    gpu = routing_features(runtime.gpu, cfg.gpu)
     features = extract_features(request, body_size=len(json.dumps(request)), client=client,
                                 protocol=MCP_PROTOCOL, aliases=cfg.aliases, gpu=gpu)
     features.task = task_type
@@ -241,23 +242,16 @@ async def list_local_models(source: RuntimeSource, client: str = MCP_CLIENT) -> 
     return result
 
 
-def _format_usd(value: Decimal) -> str:
-    return f"{value:.4f}"
-
-
 async def usage_report(source: RuntimeSource, client: str = MCP_CLIENT) -> dict[str, Any]:
     """Today's usage, read from the ledger (so it includes the daemon's traffic, not only this process's):
     the router's totals, and the calling client's own requests and cloud spend."""
-    from .cost import BudgetLimits, day_of
+    from .cost.budget_view import budget_view, money
 
     async with source.use() as runtime:
         cfg: RouterConfig = runtime.config
         store = runtime.accounting.store
-        limits = BudgetLimits.from_config(cfg)
-        day = day_of(time.time(), limits.timezone)
-        rows = await asyncio.to_thread(store.rows, day, day)
-        cutoff = await asyncio.to_thread(store.get_cutoff)
-    spend = sum((r.cost_usd for r in rows if r.cloud), Decimal(0))
+        view = await asyncio.to_thread(budget_view, cfg, store, time.time())
+        rows = await asyncio.to_thread(store.rows, view.day, view.day)
     by_target: dict[str, dict[str, Any]] = {}
     for r in rows:
         e = by_target.setdefault(r.target or "(refused)", {"requests": 0, "errors": 0, "input_tokens": 0,
@@ -270,24 +264,19 @@ async def usage_report(source: RuntimeSource, client: str = MCP_CLIENT) -> dict[
         e["cost_usd"] += r.cost_usd
         e["energy_j"] += r.energy_j or 0.0
     for e in by_target.values():
-        e["cost_usd"] = _format_usd(e["cost_usd"])
+        e["cost_usd"] = money(e["cost_usd"])
         e["energy_j"] = round(e["energy_j"], 1)
     local = sum(1 for r in rows if not r.cloud and r.status == "ok")
     served = sum(1 for r in rows if r.status == "ok")
     return {
-        "day": day, "timezone": cfg.budgets.timezone,
-        "cloud_spend_usd": _format_usd(spend), "daily_budget_usd": _format_usd(limits.daily_budget),
-        "remaining_usd": _format_usd(max(Decimal(0), limits.daily_budget - spend)),
-        "alert_threshold_usd": _format_usd(limits.alert_threshold),
-        "emergency_cutoff_usd": _format_usd(limits.emergency_cutoff),
-        "cutoff_engaged": cutoff.active_on(day), "cutoff_reason": cutoff.reason if cutoff.active_on(day) else "",
+        **view.as_json(),
         "requests": len(rows), "served": served, "served_locally": local,
         "local_share": round(local / served, 3) if served else None,
         "mcp_requests": sum(1 for r in rows if r.protocol == MCP_PROTOCOL),
         "by_target": by_target,
         "caller": {"client": client, "requests": sum(1 for r in rows if r.client == client),
-                   "cloud_spend_usd": _format_usd(sum((r.cost_usd for r in rows if r.cloud and r.client == client),
-                                               Decimal(0)))},
+                   "spend_usd": money(sum((r.cost_usd for r in rows if r.cloud and r.client == client),
+                                          Decimal(0)))},
     }
 
 

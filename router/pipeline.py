@@ -32,7 +32,7 @@ from .errors import (
     UpstreamStatusError,
 )
 from .features import Features, extract_features
-from .gpu import GpuMonitor, energy_between
+from .gpu import GpuMonitor, energy_between, routing_features
 from .internal import CallContext, Message, Request, StreamEvent, Usage
 from .judge import consult
 from .rules import RouteDecision, RuleEngine, RuleTrace
@@ -145,7 +145,7 @@ def plan_request(runtime: PlanningRuntime, request: Request, *, client: str, pro
     # Asking for a target by name (e.g. "coder" from an OpenAI client) works like the override header.
     if override is None and model in cfg.targets:
         override = model
-    gpu = runtime.gpu.features() if runtime.gpu is not None else dict(cfg.gpu.defaults_when_absent)
+    gpu = routing_features(runtime.gpu, cfg.gpu)
     features = extract_features(request, body_size=body_size, client=client, protocol=protocol,
                                 aliases=cfg.aliases, override=override, gpu=gpu)
     windows: ContextWindows = getattr(runtime, "windows", None) or ContextWindows(cfg)

@@ -18,14 +18,13 @@ from jinja2.sandbox import SandboxedEnvironment
 from .config import RouterConfig, RuleConfig
 from .errors import PermissionDeniedError
 from .features import Features, alias_pattern
+from .gpu import FEATURE_NAMES as GPU_FEATURE_NAMES
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
 # A representative feature set used to validate expressions (names and types) at config load.
-_SAMPLE = Features(model="claude-sonnet-4-5", model_class="sonnet", gpu={
-    "gpu_available": 0.0, "gpu_memory_used_fraction": 0.0, "gpu_utilization": 0.0,
-    "gpu_temperature_c": 0.0, "gpu_power_w": 0.0,
-}).as_namespace()
+_SAMPLE = Features(model="claude-sonnet-4-5", model_class="sonnet",
+                   gpu=dict.fromkeys(GPU_FEATURE_NAMES, 0.0)).as_namespace()
 
 
 def compile_expression(expr: str) -> Callable[..., Any]:

@@ -21,6 +21,7 @@ import click
 from ..config import RouterConfig
 from ..cost.alerts import Alerter, threshold_alert
 from ..cost.budget import BudgetLimits, day_of, due_alerts
+from ..cost.budget_view import budget_view, dollars
 from ..cost.ledger import LEDGER_FILENAME, CutoffState, LedgerSchemaError, SqliteLedger
 from ..pricing import usd
 from . import config_option
@@ -50,10 +51,6 @@ def _who() -> str:
 
 def _today(cfg: RouterConfig) -> str:
     return day_of(time.time(), BudgetLimits.from_config(cfg).timezone)
-
-
-def _format_usd(d: Decimal) -> str:
-    return f"${d:.2f}"
 
 
 def _load_with_ledger(config_path: str | None) -> RouterConfig:
@@ -226,7 +223,7 @@ def cutoff_check(config_path: str | None, verbose: bool, quiet: bool) -> None:
             await alerter.drain()
 
         asyncio.run(deliver())
-        click.echo(f"sent {', '.join(kind for kind, _ in to_send)} alert(s): cloud spend {_format_usd(spend)} on {day}")
+        click.echo(f"sent {', '.join(kind for kind, _ in to_send)} alert(s): cloud spend {dollars(spend)} on {day}")
         if not alerter.configured:
             click.echo("warning: no alert channel configured (alerts.email / alerts.webhook)", err=True)
     active = state.active_on(day)
@@ -235,8 +232,8 @@ def cutoff_check(config_path: str | None, verbose: bool, quiet: bool) -> None:
     elif active and verbose:
         click.echo(f"cutoff engaged for {day} by {state.by}: {state.reason}")
     elif verbose:
-        click.echo(f"ok: cloud spend {_format_usd(spend)} on {day}, emergency cutoff at "
-                   f"{_format_usd(limits.emergency_cutoff)}")
+        click.echo(f"ok: cloud spend {dollars(spend)} on {day}, emergency cutoff at "
+                   f"{dollars(limits.emergency_cutoff)}")
 
 
 @cutoff.command("engage")
@@ -279,8 +276,8 @@ def cutoff_release(config_path: str | None) -> None:
         led.close()
     click.echo("emergency cutoff released" if was.active_on(day) else "cutoff was not engaged today")
     if spend > 0 and spend >= limits.emergency_cutoff:
-        click.echo(f"warning: today's cloud spend {_format_usd(spend)} is at or above budgets.emergency_cutoff "
-                   f"{_format_usd(limits.emergency_cutoff)}; the daemon engages the cutoff again on the next cloud "
+        click.echo(f"warning: today's cloud spend {dollars(spend)} is at or above budgets.emergency_cutoff "
+                   f"{dollars(limits.emergency_cutoff)}; the daemon engages the cutoff again on the next cloud "
                    "request. Raise the limit in the config (and reload) first.", err=True)
 
 
@@ -298,46 +295,26 @@ def budget() -> None:
 def budget_show(config_path: str | None, as_json: bool) -> None:
     """Spend today, what remains, the thresholds, the cutoff and per-client spend."""
     cfg = _load_with_ledger(config_path)
-    limits = BudgetLimits.from_config(cfg)
-    day = _today(cfg)
     led = _open(cfg, create=False)
-    if led is None:
-        spend, per_client, state, sent = Decimal(0), {}, CutoffState(), set()
-    else:
-        try:
-            totals = led.day_totals(day)
-            spend, per_client, state, sent = totals.cloud_spend, totals.client_spend, led.get_cutoff(), \
-                led.alerts_sent(day)
-        except sqlite3.Error as e:
-            raise click.ClickException(f"cannot read the ledger {_ledger_path(cfg)}: {e}") from None
-        finally:
+    try:
+        view = budget_view(cfg, led, time.time())
+    except sqlite3.Error as e:
+        raise click.ClickException(f"cannot read the ledger {_ledger_path(cfg)}: {e}") from None
+    finally:
+        if led is not None:
             led.close()
-    remaining = max(Decimal(0), limits.daily_budget - spend)
-    clients = sorted(set(per_client) | set(limits.client_budgets))
     if as_json:
-        click.echo(json.dumps({
-            "day": day, "timezone": cfg.budgets.timezone, "spend_usd": str(spend),
-            "daily_budget_usd": str(limits.daily_budget), "remaining_usd": str(remaining),
-            "alert_threshold_usd": str(limits.alert_threshold),
-            "emergency_cutoff_usd": str(limits.emergency_cutoff),
-            "cutoff": {"engaged": state.active_on(day), "day": state.day, "reason": state.reason, "by": state.by},
-            "alerts_sent": sorted(sent),
-            "clients": {c: {"spend_usd": str(per_client.get(c, Decimal(0))),
-                            "daily_budget_usd": (str(limits.client_budgets[c]) if c in limits.client_budgets
-                                                 else None)} for c in clients},
-        }, indent=2))
+        click.echo(json.dumps(view.as_json(), indent=2))
         return
-    click.echo(f"budget day       {day} ({cfg.budgets.timezone})")
-    click.echo(f"cloud spend      {_format_usd(spend)} of {_format_usd(limits.daily_budget)}  "
-               f"({_format_usd(remaining)} remaining)")
-    click.echo(f"alert at         {_format_usd(limits.alert_threshold)}"
-               + ("  (sent)" if "alert_threshold" in sent else ""))
-    click.echo(f"emergency cutoff {_format_usd(limits.emergency_cutoff)}")
-    if state.active_on(day):
-        click.echo(f"cutoff           ENGAGED by {state.by}: {state.reason}")
+    click.echo(f"budget day       {view.day} ({view.timezone})")
+    click.echo(f"cloud spend      {dollars(view.spend)} of {dollars(view.limits.daily_budget)}  "
+               f"({dollars(view.remaining)} remaining)")
+    click.echo(f"alert at         {dollars(view.limits.alert_threshold)}"
+               + ("  (sent)" if "alert_threshold" in (view.alerts_sent or ()) else ""))
+    click.echo(f"emergency cutoff {dollars(view.limits.emergency_cutoff)}")
+    if view.cutoff_engaged:
+        click.echo(f"cutoff           ENGAGED by {view.cutoff.by}: {view.cutoff.reason}")
     else:
         click.echo("cutoff           not engaged")
-    for c in clients:
-        cap = limits.client_budgets.get(c)
-        click.echo(f"client {c:<16} {_format_usd(per_client.get(c, Decimal(0)))}"
-                   + (f" of {_format_usd(cap)}" if cap is not None else ""))
+    for c, (spent, cap) in view.clients().items():
+        click.echo(f"client {c:<16} {dollars(spent)}" + (f" of {dollars(cap)}" if cap is not None else ""))

@@ -17,6 +17,7 @@ import click
 import httpx
 
 from ..config import RouterConfig
+from ..cost.budget_view import summary
 from . import config_option
 from .common import load_or_exit
 
@@ -57,25 +58,17 @@ async def _backend(name: str, config: RouterConfig) -> dict[str, Any]:
 
 
 def _budget_from_ledger(config: RouterConfig) -> dict[str, Any]:
-    from ..cost import BudgetLimits, SqliteLedger, day_of
+    from ..cost import SqliteLedger
+    from ..cost.budget_view import budget_view
 
-    limits = BudgetLimits.from_config(config)
-    day = day_of(time.time(), limits.timezone)
     ledger = SqliteLedger.in_state_dir(config.server.state_dir, create=False)
     try:
-        rows = ledger.rows(day, day)
-        cutoff = ledger.get_cutoff()
+        view = budget_view(config, ledger, time.time())
+        rows = ledger.rows(view.day, view.day)
     finally:
         ledger.close()
-    spend = sum((r.cost_usd for r in rows if r.cloud), Decimal(0))
     return {
-        "source": "ledger", "day": day, "timezone": config.budgets.timezone,
-        "spend_usd": float(spend), "daily_budget_usd": float(limits.daily_budget),
-        "alert_threshold_usd": float(limits.alert_threshold),
-        "emergency_cutoff_usd": float(limits.emergency_cutoff),
-        "remaining_usd": float(max(Decimal(0), limits.daily_budget - spend)),
-        "cutoff_engaged": cutoff.active_on(day),
-        "cutoff_reason": cutoff.reason if cutoff.active_on(day) else "",
+        "source": "ledger", **view.as_json(),
         "requests": len(rows), "local_requests": sum(1 for r in rows if not r.cloud),
         "cloud_requests": sum(1 for r in rows if r.cloud and r.status != "refused"),
         "refused": sum(1 for r in rows if r.status == "refused"),
@@ -86,6 +79,9 @@ def _budget_from_ledger(config: RouterConfig) -> dict[str, Any]:
 async def _budget_from_metrics(url: str, config: RouterConfig) -> dict[str, Any]:
     from prometheus_client.parser import text_string_to_metric_families
 
+    from ..cost import BudgetLimits, CutoffState, day_of
+    from ..cost.budget_view import BudgetView
+
     async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT_S, trust_env=False) as client:
         # /metrics answers loopback without a key; elsewhere it needs server.metrics_token.
         token = config.server.metrics_token
@@ -95,12 +91,12 @@ async def _budget_from_metrics(url: str, config: RouterConfig) -> dict[str, Any]
     spend = values.get("aibox_router_spend_today_usd")
     if spend is None:
         raise ValueError("the router's /metrics has no aibox_router_spend_today_usd")
-    b = config.budgets
-    return {"source": f"{url}/metrics", "timezone": b.timezone, "spend_usd": spend,
-            "daily_budget_usd": b.daily_budget, "alert_threshold_usd": b.alert_threshold,
-            "emergency_cutoff_usd": b.emergency_cutoff,
-            "remaining_usd": values.get("aibox_router_budget_remaining_usd", max(0.0, b.daily_budget - spend)),
-            "cutoff_engaged": bool(values.get("aibox_router_cutoff_engaged", 0.0))}
+    limits = BudgetLimits.from_config(config)
+    day = day_of(time.time(), limits.timezone)
+    engaged = bool(values.get("aibox_router_cutoff_engaged", 0.0))
+    view = BudgetView(day=day, timezone=config.budgets.timezone, spend=Decimal(str(spend)), limits=limits,
+                      cutoff=CutoffState(engaged=engaged, day=day if engaged else ""))
+    return {"source": f"{url}/metrics", **view.as_json()}
 
 
 async def _budget(config: RouterConfig, url: str) -> dict[str, Any]:
@@ -163,14 +159,10 @@ def render(status: dict[str, Any]) -> str:
     if bud.get("source") is None:
         lines.append(f"budget   unknown ({bud.get('error')})")
     else:
-        spend, daily = bud["spend_usd"], bud["daily_budget_usd"]
-        pct = f" ({spend / daily:.0%})" if daily else ""
-        day = f" {bud['day']}" if bud.get("day") else ""
-        lines.append(f"budget   today{day} ({bud['timezone']}): ${spend:.2f} of ${daily:.2f}{pct} spent, "
-                     f"${bud['remaining_usd']:.2f} left; alert at ${bud['alert_threshold_usd']:.2f}, "
-                     f"cutoff at ${bud['emergency_cutoff_usd']:.2f}")
-        cutoff = "ENGAGED: cloud calls refused" + (f" ({bud['cutoff_reason']})" if bud.get("cutoff_reason") else "")
-        lines.append(f"cutoff   {cutoff if bud['cutoff_engaged'] else 'not engaged'}")
+        lines.append(f"budget   today {bud['day']} ({bud['timezone']}): {summary(bud)}")
+        reason = bud["cutoff"]["reason"]
+        cutoff = "ENGAGED: cloud calls refused" + (f" ({reason})" if reason else "")
+        lines.append(f"cutoff   {cutoff if bud['cutoff']['engaged'] else 'not engaged'}")
         if "requests" in bud:
             energy = f", GPU energy {bud['energy_j'] / 3.6e6:.3f} kWh" if bud.get("energy_j") else ""
             lines.append(f"requests {bud['requests']} today: {bud['local_requests']} local, "

@@ -27,6 +27,7 @@ from typing import Any
 from ..config import PriceConfig, RouterConfig
 from ..internal import Usage
 from ..pricing import cost_usd, find_price, usd
+from .budget_view import money
 from .ledger import LedgerRow
 
 LOCAL_P95_GOAL_MS = 5000.0
@@ -254,7 +255,7 @@ def build_report(rows: list[LedgerRow], config: RouterConfig, *, first_day: str,
 
 
 def _money(d: Decimal | None) -> str | None:
-    return None if d is None else str(d.quantize(Decimal("0.000001")))
+    return None if d is None else money(d)
 
 
 def report_to_json(rep: Report) -> dict[str, Any]:

@@ -93,7 +93,7 @@ async def test_tools_over_stdio(router_config: Path) -> None:
         usage = json.loads(_text(await client.call_tool("usage_report", {})))
         assert usage["mcp_requests"] == 2 and usage["served_locally"] == 2
         assert usage["by_target"]["small"]["requests"] == 2
-        assert usage["cloud_spend_usd"] == "0.0000" and usage["cutoff_engaged"] is False
+        assert usage["spend_usd"] == "0.000000" and usage["cutoff"]["engaged"] is False
 
     ledger = SqliteLedger.in_state_dir(yaml.safe_load(router_config.read_text())["server"]["state_dir"],
                                        create=False)

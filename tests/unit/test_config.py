@@ -116,3 +116,16 @@ def test_unreadable_and_invalid_yaml_files(tmp_path):
     bad.write_text("rules: [\n")
     with pytest.raises(ConfigError, match=r"bad.yml: not valid YAML"):
         load_config(bad)
+
+
+def test_budget_defaults_come_from_the_shipped_file_and_a_config_overrides_key_by_key():
+    """The budget numbers have one home, the shipped config's `budgets` (the Ansible role reads it too);
+    a config without `budgets`, or with some of its keys, gets the rest from there."""
+    shipped = DEFAULT["budgets"]
+    bare = {k: v for k, v in copy.deepcopy(DEFAULT).items() if k != "budgets"}
+    cfg = parse_config(bare, env={})
+    assert {k: getattr(cfg.budgets, k) for k in shipped} == shipped
+    partial = parse_config({**bare, "budgets": {"timezone": "Europe/Berlin", "daily_budget": 11}}, env={})
+    assert partial.budgets.timezone == "Europe/Berlin" and partial.budgets.daily_budget == 11
+    assert partial.budgets.emergency_cutoff == shipped["emergency_cutoff"]
+    assert "budgets: Expected `object`" in error_of({**bare, "budgets": [1]})

@@ -120,7 +120,7 @@ def test_cutoff_check_engages_and_alerts_once(config: Path, hook: tuple[list[dic
     show = run("budget", "show", "-c", str(config), "--json")
     data = json.loads(show.stdout)
     assert data["cutoff"]["engaged"] is True and data["cutoff"]["by"] == "cutoff check"
-    assert data["spend_usd"] == "12.25" and data["remaining_usd"] == "0"
+    assert data["spend_usd"] == "12.250000" and data["remaining_usd"] == "0.000000"  # money(): one JSON format
     assert data["alerts_sent"] == ["alert_threshold", "daily_budget", "emergency_cutoff"]
 
 

@@ -20,6 +20,8 @@ from aibox_router.gpu import (
     GpuMonitor,
     energy_between,
     energy_cost_usd,
+    features_when_absent,
+    routing_features,
 )
 from aibox_router.rules import RuleEngine
 from tests.doubles import fake_nvml
@@ -289,3 +291,46 @@ def test_register_metrics_on_the_router_registry_is_idempotent():
     assert "gpu_available 0.0" in text and "gpu_power_watts{" not in text
     assert register_metrics(None)  # GPU monitoring off
     assert "gpu_available 0.0" in metrics.render()[0].decode()
+
+
+# -- gpu.enabled: false ----------------------------------------------------------------------------
+
+
+class _NoGpuRuntime:
+    """What Runtime.open gives the pipeline when the config says gpu.enabled: false: no monitor."""
+
+    def __init__(self, cfg) -> None:
+        self.config = cfg
+        self.rules = RuleEngine(cfg, lambda rule: 0)
+        self.gpu = None
+
+
+def test_a_rule_config_check_accepts_matches_when_the_gpu_is_not_read():
+    """The bug: `config check` validated rules against all five GPU features while a router with
+    gpu.enabled: false passed only the two of gpu.defaults_when_absent, so a rule on gpu_available
+    passed the check and then never matched (an unknown name is an error, so the rule was skipped)."""
+    from aibox_router import pipeline
+
+    cfg = parse_config({
+        "backends": {"local": {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "targets": {"big": {"backend": "local", "model": "qwen2.5:32b"},
+                    "small": {"backend": "local", "model": "qwen2.5:3b"}},
+        "rules": [{"name": "no-gpu", "when": "not gpu_available and gpu_power_w == 0", "target": "small"}],
+        "default_target": "big",
+        "gpu": {"enabled": False, "defaults_when_absent": {"gpu_utilization": 42.0}},
+    }, env={})
+    request = {"model": "qwen2.5:32b", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    plan = pipeline.plan_request(_NoGpuRuntime(cfg), request, client="t", protocol="anthropic", body_size=100)
+    assert (plan.decision.target, plan.decision.rule) == ("small", "no-gpu")
+    assert set(plan.features.gpu) == set(FEATURE_NAMES)
+    assert plan.features.gpu["gpu_available"] == 0.0 and plan.features.gpu["gpu_utilization"] == 42.0
+
+
+def test_without_a_reading_every_feature_takes_its_default():
+    configured = GpuConfig(defaults_when_absent={"gpu_available": 1.0, "gpu_power_w": 80.0})
+    defaults = features_when_absent(configured)
+    assert defaults == {"gpu_available": 0.0, "gpu_memory_used_fraction": 0.0, "gpu_utilization": 0.0,
+                        "gpu_temperature_c": 0.0, "gpu_power_w": 80.0}
+    assert routing_features(None, GpuConfig(enabled=False)) == features_when_absent(GpuConfig())
+    mon, _ = monitor(FakeNvml(init_error=fake_nvml.NVML_ERROR_DRIVER_NOT_LOADED))
+    assert routing_features(mon, mon.config) == features_when_absent(mon.config)

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from aibox_router.cli import main
 from aibox_router.cli.common import default_config_path
+from aibox_router.config_load import interpolate_env
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO / "tests" / "support" / "render_router_config.yml"
@@ -53,6 +54,15 @@ def test_the_default_inventory_serves_the_lan_with_keys_and_inherited_target_set
     assert "num_ctx" not in targets["claude"]  # cloud targets inherit nothing of Ollama's
     daemon = yaml.safe_load(Path(default_config_path()).read_text())
     assert targets["claude"]["model"] == daemon["targets"]["claude"]["model"]  # one model name everywhere
+    # The routing plan is the router's own, read from its shipped file (one copy, no drift).
+    assert targets == daemon["targets"]
+    for key in ("aliases", "rules", "routes", "default_target"):
+        assert cfg[key] == daemon[key], key
+    shipped_embeddings = interpolate_env(daemon["routing"]["embeddings"], env={})
+    assert cfg["routing"]["embeddings"] == shipped_embeddings
+    assert {name: b["type"] for name, b in cfg["backends"].items()} == \
+        {name: b["type"] for name, b in daemon["backends"].items()}
+    assert cfg["budgets"]["reserve_output_tokens_cap"] == daemon["budgets"]["reserve_output_tokens_cap"]
     jobs = cron_jobs(tmp_path)
     assert len(jobs) == 1 and "cutoff check" in jobs[0]  # no mail, no alert channel: no report job
 

@@ -57,7 +57,7 @@ def test_router_limits_and_filters_come_from_the_inventory():
     assert unit["RemoveIPC"] == ["yes"]
 
 
-OLLAMA_VARS = {"_ollama_gpu_scan": {"stdout_lines": []}, "_ollama_gpu_units": [],
+OLLAMA_VARS = {"_ollama_gpu_present": False, "_ollama_gpu_units": [],
                "_ollama_nvidia_device_groups": ["nvidia-frontend", "nvidia", "nvidia-uvm", "nvidia-caps"]}
 
 
