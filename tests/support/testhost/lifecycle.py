@@ -76,9 +76,17 @@ def host_lock(host: Host) -> Iterator[None]:
 # -- queries ---------------------------------------------------------------------------------------
 
 
+def _exists(path: Path) -> bool:
+    """Like ``test -e``: a path we may not look at (status as a non-root user) does not exist."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def is_up(host: Host) -> bool:
     """Up = our nspawn runs and ``up`` got to the end (an interrupted ``up`` is not up)."""
-    return procs.is_our_nspawn(procs.read_pidfile(host.nspawn_pidfile), host.rootfs) and host.ready.exists()
+    return procs.is_our_nspawn(procs.read_pidfile(host.nspawn_pidfile), host.rootfs) and _exists(host.ready)
 
 
 def _systemd_state(host: Host, *, wait_s: float | None = None) -> str:
@@ -94,7 +102,7 @@ def adopt_if_complete(host: Host, net: Net) -> None:
     """A host booted without a ready marker (by an earlier version of this script, or an ``up``
     interrupted after its last step) counts as up if everything ``up`` sets up is in place and systemd
     answers over SSH."""
-    if host.ready.exists() or not host.netfile.exists() or not host.ssh_config.exists():
+    if _exists(host.ready) or not _exists(host.netfile) or not _exists(host.ssh_config):
         return
     if not procs.is_our_nspawn(procs.read_pidfile(host.nspawn_pidfile), host.rootfs):
         return
@@ -134,7 +142,7 @@ def status(host: Host) -> tuple[int, str]:
         leftovers.append(f"nspawn PID {nspawn_pid}")
     else:
         text = f"{host.name}: down\n"
-    if host.rootfs.exists():
+    if _exists(host.rootfs):
         leftovers.append(f"rootfs {host.rootfs}")
     if network.link_exists(net.veth):
         leftovers.append(f"veth {net.veth}")

@@ -186,8 +186,10 @@ class Host:
         """What ``up`` recorded; while the host is (or was) up, this wins over the environment."""
         try:
             return Net.from_env_text(self.netfile.read_text())
-        except (FileNotFoundError, TestHostError):
-            return None  # never recorded, or half-written by an interrupted up: down still cleans up
+        except (OSError, TestHostError):
+            # Never recorded, not ours to read (ip as a non-root user: the /30 asked for, as before), or
+            # half-written by an interrupted up: down still cleans up by the names derived from --name.
+            return None
 
     def current_net(self) -> Net:
         return self.recorded_net() or self.planned_net()
