@@ -40,6 +40,7 @@ from tests.support.hostile_cases import (
     OPENAI_FIELDS,
     field_name,
     replaced,
+    router_config,
 )
 from tests.support.router_process import RouterProcess
 
@@ -66,20 +67,13 @@ class Expect:
 
 
 def config(anthropic_url: str, ollama_url: str) -> dict[str, Any]:
-    return {
-        "server": {"header_timeout_s": 2.0, "body_timeout_s": 3.0, "max_header_bytes": 65536,
-                   "max_body_bytes": 4 * 1024 * 1024, "open_probes_to": []},
-        "clients": [{"name": "dev", "key": KEY}, {"name": "intern", "key": LIMITED_KEY, "targets": ["local"]}],
-        "backends": {"cloud": {"type": "anthropic", "base_url": anthropic_url, "api_key_env": "FUZZ_CLOUD_KEY"},
-                     "ollama": {"type": "ollama", "base_url": ollama_url}},
-        "targets": {"claude": {"backend": "cloud", "model": "claude-sonnet-4-5-20250929"},
-                    "local": {"backend": "ollama", "model": "qwen2.5-coder:7b"}},
-        "aliases": {"claude-opus-*": "claude"},
-        "default_target": "local",
-        "budgets": {"daily_budget": 0.05, "alert_threshold": 0.04, "emergency_cutoff": 1.0},
-        "prices": [{"prefix": "claude-sonnet-4", "input": 3.0, "output": 15.0}],
-        "gpu": {"enabled": False},
-    }
+    return router_config(
+        anthropic_url, ollama_url, cloud_key_env="FUZZ_CLOUD_KEY",
+        server={"header_timeout_s": 2.0, "body_timeout_s": 3.0, "max_header_bytes": 65536,
+                "max_body_bytes": 4 * 1024 * 1024, "open_probes_to": []},
+        clients=[{"name": "dev", "key": KEY}, {"name": "intern", "key": LIMITED_KEY, "targets": ["local"]}],
+        budgets={"daily_budget": 0.05, "alert_threshold": 0.04, "emergency_cutoff": 1.0},
+    )
 
 
 class Fuzz:

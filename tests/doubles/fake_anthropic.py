@@ -22,17 +22,16 @@ import asyncio
 import dataclasses
 import itertools
 import json
-import socket
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support.loopback_server import LoopbackServer
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
@@ -113,14 +112,13 @@ class FakeAnthropic:
         self.count_tokens_result: int | None = None  # None: a rough count of the request text
         self.requests: list[Recorded] = []
         self._ids = itertools.count(1)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
         self.url = ""
         self.app = Starlette(routes=[
             Route("/v1/messages", self._messages, methods=["POST"]),
             Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
         ])
+        self._serving = LoopbackServer(self.app, name="fake-anthropic", loop="asyncio", http="h11")
 
     def reset(self) -> None:
         """Forget requests and knobs, so one server can serve a whole test module."""
@@ -135,24 +133,11 @@ class FakeAnthropic:
     # -- serving ---------------------------------------------------------------------------------
 
     def __enter__(self) -> Self:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", loop="asyncio", http="h11")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        for _ in range(500):
-            if self._server.started:
-                return self
-            threading.Event().wait(0.01)
-        raise RuntimeError("fake Anthropic server did not start within 5 s")
+        self.url = self._serving.start(timeout=5).base_url
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._serving.stop()
 
     # -- endpoints -------------------------------------------------------------------------------
 

@@ -27,8 +27,6 @@ import argparse
 import asyncio
 import json
 import socket
-import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -40,6 +38,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support.loopback_server import LoopbackServer
 
 VERSION = "0.12.6"
 DEFAULT_NUM_CTX = 4096  # Ollama's default context length when a request does not set num_ctx
@@ -85,10 +85,6 @@ class FakeOllama:
         self.truncated: list[bool] = []  # per /api/chat request: did its prompt exceed num_ctx?
         self.loaded: dict[str, dict[str, Any]] = {}  # model -> what /api/ps shows
         self._replies: deque[Reply] = deque()
-        self._host, self._port = host, port
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
         self.app = Starlette(routes=[
             Route("/api/chat", self._chat, methods=["POST"]),
             Route("/api/version", self._version, methods=["GET"]),
@@ -97,6 +93,7 @@ class FakeOllama:
             Route("/api/show", self._show, methods=["POST"]),
             Route("/", lambda _: Response("Ollama is running"), methods=["GET", "HEAD"]),
         ])
+        self._serving = LoopbackServer(self.app, host=host, port=port, name="fake-ollama")
 
     # --- scripting ------------------------------------------------------------------------
 
@@ -121,33 +118,14 @@ class FakeOllama:
 
     @property
     def url(self) -> str:
-        assert self._socket is not None, "not started"
-        host, port = self._socket.getsockname()[:2]
-        return f"http://{host}:{port}"
+        return self._serving.base_url
 
     def start(self) -> FakeOllama:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((self._host, self._port))
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
-                                        name="fake-ollama", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake ollama did not start")
-            time.sleep(0.01)
+        self._serving.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()
+        self._serving.stop()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -15,16 +15,14 @@ shapes:
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from typing import Any, Literal, Self
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.support.loopback_server import LoopbackServer
 
 
 class FakeWindowServer:
@@ -34,11 +32,9 @@ class FakeWindowServer:
                  slots: int = 1, n_ctx_train: int = 131072):
         self.kind, self.model, self.n_ctx, self.slots, self.n_ctx_train = kind, model, n_ctx, slots, n_ctx_train
         self.paths: list[str] = []  # what was asked, in order
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
         self.app = Starlette(routes=[Route("/props", self._props, methods=["GET"]),
                                      Route("/v1/models", self._models, methods=["GET"])])
+        self._serving = LoopbackServer(self.app, name=f"fake-{kind}")
 
     async def _props(self, request: Request) -> Response:
         self.paths.append("/props")
@@ -67,28 +63,11 @@ class FakeWindowServer:
 
     @property
     def url(self) -> str:
-        assert self._socket is not None, "not started"
-        host, port = self._socket.getsockname()[:2]
-        return f"http://{host}:{port}/v1"
+        return self._serving.base_url + "/v1"
 
     def __enter__(self) -> Self:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
-                                        name=f"fake-{self.kind}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"fake {self.kind} server did not start")
-            time.sleep(0.01)
+        self._serving.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()
+        self._serving.stop()

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.doubles.fake_ollama import FakeOllama
+from tests.support.hostile_cases import router_config
 from tests.support.router_process import RouterProcess
 
 KEY = "hostile-live-client-key-0123"
@@ -29,20 +30,13 @@ BIG_CALL_MAX_TOKENS = 4500
 
 
 def hostile_config(anthropic_url: str, ollama_url: str) -> dict:
-    return {
-        "server": {"header_timeout_s": HEADER_TIMEOUT_S, "body_timeout_s": BODY_TIMEOUT_S,
-                   "max_header_bytes": 8192, "max_body_bytes": MAX_BODY, "log_level": "info"},
-        "clients": [{"name": "dev", "key": KEY}],
-        "backends": {"cloud": {"type": "anthropic", "base_url": anthropic_url, "api_key_env": "HOSTILE_LIVE_KEY"},
-                     "ollama": {"type": "ollama", "base_url": ollama_url}},
-        "targets": {"claude": {"backend": "cloud", "model": "claude-sonnet-4-5-20250929"},
-                    "local": {"backend": "ollama", "model": "qwen2.5-coder:7b"}},
-        "aliases": {"claude-opus-*": "claude"},
-        "default_target": "local",
-        "budgets": {"daily_budget": 0.10, "alert_threshold": 0.08, "emergency_cutoff": 1.0},
-        "prices": [{"prefix": "claude-sonnet-4", "input": 3.0, "output": 15.0}],
-        "gpu": {"enabled": False},
-    }
+    return router_config(
+        anthropic_url, ollama_url, cloud_key_env="HOSTILE_LIVE_KEY",
+        server={"header_timeout_s": HEADER_TIMEOUT_S, "body_timeout_s": BODY_TIMEOUT_S,
+                "max_header_bytes": 8192, "max_body_bytes": MAX_BODY, "log_level": "info"},
+        clients=[{"name": "dev", "key": KEY}],
+        budgets={"daily_budget": 0.10, "alert_threshold": 0.08, "emergency_cutoff": 1.0},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
     pytest -m provision tests/provision/test_site.py -s      # -s: watch ansible's output live
 
-Boots `aibox-prov` (systemd-nspawn, 10.231.90.0/30) through tests/support/testhost.py, serves the
+Boots `aibox-prov` (systemd-nspawn, 10.231.90.0/30) through tests/support/testhost/, serves the
 Ollama TEST STAND-IN release and the router's dependency wheels to it over HTTP from the host side
 of the veth, then: converge, converge again (changed=0), the testinfra suite tests/infra, and a
 budget change through playbooks/budgets.yml that must reach the running router by a reload.

@@ -148,3 +148,25 @@ def replaced(body: dict[str, Any], path: tuple, value: Any) -> dict[str, Any]:
 
 def field_name(path: tuple) -> str:
     return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip(".")
+
+
+def router_config(anthropic_url: str, ollama_url: str, *, clients: list[dict[str, Any]], cloud_key_env: str,
+                  server: dict[str, Any], budgets: dict[str, float] | None = None) -> dict[str, Any]:
+    """The router the hostile requests are sent to (unit, live and fuzz benchmark alike): one cloud target
+    ``claude`` on the fake Anthropic API, one local target ``local`` (the default) on the fake Ollama,
+    ``claude-opus-*`` aliased to the cloud, no GPU. Each caller adds its own clients, limits and budget."""
+    config: dict[str, Any] = {
+        "server": server,
+        "clients": clients,
+        "backends": {"cloud": {"type": "anthropic", "base_url": anthropic_url, "api_key_env": cloud_key_env},
+                     "ollama": {"type": "ollama", "base_url": ollama_url}},
+        "targets": {"claude": {"backend": "cloud", "model": "claude-sonnet-4-5-20250929"},
+                    "local": {"backend": "ollama", "model": "qwen2.5-coder:7b"}},
+        "aliases": {"claude-opus-*": "claude"},
+        "default_target": "local",
+        "prices": [{"prefix": "claude-sonnet-4", "input": 3.0, "output": 15.0}],
+        "gpu": {"enabled": False},
+    }
+    if budgets is not None:
+        config["budgets"] = budgets
+    return config

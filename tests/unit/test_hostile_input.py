@@ -32,6 +32,7 @@ from tests.support.hostile_cases import (
     OPENAI_FIELDS,
     field_name,
     replaced,
+    router_config,
 )
 
 KEY = "hostile-test-client-key-0123"
@@ -40,20 +41,12 @@ METRICS_TOKEN = "metrics-token-0123456789abcdef"
 
 
 def config(anthropic_url: str, ollama_url: str, state_dir: str, **server: Any):
-    return parse_config({
-        "server": {"state_dir": state_dir, "metrics_token": METRICS_TOKEN, "open_probes_to": [],
-                   "max_body_bytes": 400_000, **server},
-        "clients": [{"name": "dev", "key": KEY},
-                    {"name": "intern", "key": LIMITED_KEY, "targets": ["local"]}],
-        "backends": {"cloud": {"type": "anthropic", "base_url": anthropic_url, "api_key_env": "HOSTILE_KEY"},
-                     "ollama": {"type": "ollama", "base_url": ollama_url}},
-        "targets": {"claude": {"backend": "cloud", "model": "claude-sonnet-4-5-20250929"},
-                    "local": {"backend": "ollama", "model": "qwen2.5-coder:7b"}},
-        "aliases": {"claude-opus-*": "claude"},
-        "default_target": "local",
-        "prices": [{"prefix": "claude-sonnet-4", "input": 3.0, "output": 15.0}],
-        "gpu": {"enabled": False},
-    }, env={"HOSTILE_KEY": "sk-ant-test"})
+    return parse_config(router_config(
+        anthropic_url, ollama_url, cloud_key_env="HOSTILE_KEY",
+        server={"state_dir": state_dir, "metrics_token": METRICS_TOKEN, "open_probes_to": [],
+                "max_body_bytes": 400_000, **server},
+        clients=[{"name": "dev", "key": KEY}, {"name": "intern", "key": LIMITED_KEY, "targets": ["local"]}],
+    ), env={"HOSTILE_KEY": "sk-ant-test"})
 
 
 @pytest.fixture(scope="module")
