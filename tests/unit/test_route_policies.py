@@ -4,6 +4,7 @@ feature in rules, the eval figures and the ledger's route columns."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,28 @@ def test_eval_set_is_separate_from_the_route_examples_and_covers_every_route():
     assert len(items) >= 200
     assert not [i.prompt for i in items if i.prompt.strip().lower() in examples]
     assert {i.want for i in items} == {r.name for r in cfg.routes}
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9_]+", text.lower()))
+
+
+def _overlap(a: str, b: str) -> float:
+    x, y = _words(a), _words(b)
+    return len(x & y) / len(x | y)
+
+
+def test_held_out_set_covers_every_route_and_repeats_neither_the_first_set_nor_the_examples():
+    cfg = parse_config(default_data(), "router.yml", env={})
+    held_out = load_items(ROOT / "tests/fixtures/routing/heldout-prompts.jsonl")
+    others = [i.prompt for i in load_items(ROOT / "tests/fixtures/routing/eval-prompts.jsonl")]
+    others += [e for r in cfg.routes for e in r.examples]
+    assert len(held_out) >= 60
+    assert {i.want for i in held_out} == {r.name for r in cfg.routes}
+    # A prompt sharing 70% of its words with one of the others is a copy, not a held-out prompt.
+    copies = [(i.prompt, o) for i in held_out for o in others if _overlap(i.prompt, o) >= 0.7]
+    assert not copies
+    assert _overlap("Delete the stale feature branches that are merged", "delete the stale branches that are merged") >= 0.7
 
 
 # -- rules read the route ------------------------------------------------------------------------------
