@@ -148,6 +148,8 @@ class RoutingConfig(_Base, kw_only=True):
 
     embeddings: EmbeddingsConfig | None = None
     judge: JudgeConfig | None = None
+    # Weight of the examples' words (TF-IDF) added to the embedding score; 0 routes by embedding alone.
+    lexical_weight: float = 0.4
     turn_cache_size: int = 4096  # user turns whose decision is remembered (the tool loop reuses it)
     turn_ttl_s: float = 3600.0  # a turn's decision is forgotten after this long
 

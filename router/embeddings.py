@@ -42,7 +42,7 @@ Vector = list[float]
 
 
 def dot(a: Vector, b: Vector) -> float:
-    return sum(map(operator.mul, a, b))
+    return float(sum(map(operator.mul, a, b)))
 
 
 def normalised(vector: Vector) -> Vector:

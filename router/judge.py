@@ -50,22 +50,26 @@ async def consult(runtime: Any, text: str, match: RouteMatch) -> RouteMatch:
     backend = runtime.backends[target.backend]
     request = {"model": target.model, "max_tokens": 16, "temperature": 0, "system": _SYSTEM,
                "messages": [{"role": "user", "content": judge_prompt(runtime.config, names, text)}]}
+    match.unjudged_route = match.route
     started = time.perf_counter()
     try:
         message = await asyncio.wait_for(backend.complete(request, target, CallContext()),
                                          settings.timeout_ms / 1000)
     except TimeoutError:
-        match.judge = f"asked {settings.target}: no answer within {settings.timeout_ms} ms; kept {match.route}"
+        match.judge_ms = (time.perf_counter() - started) * 1000
+        match.judge = (f"asked {settings.target}: no answer within {settings.timeout_ms} ms; "
+                       f"kept {match.route}")
         return match
     except Exception as e:  # noqa: BLE001 - the judge is advice; the classifier's route stands
+        match.judge_ms = (time.perf_counter() - started) * 1000
         match.judge = f"asked {settings.target}: failed ({type(e).__name__}: {e}); kept {match.route}"
         return match
-    elapsed = (time.perf_counter() - started) * 1000
+    elapsed = match.judge_ms = (time.perf_counter() - started) * 1000
     answer = text_of(message.get("content")).strip()
     chosen = pick_route(answer, names)
     if chosen is None:
-        match.judge = f"asked {settings.target} ({elapsed:.0f} ms): answer {answer[:40]!r} names no candidate; " \
-                      f"kept {match.route}"
+        match.judge = (f"asked {settings.target} ({elapsed:.0f} ms): answer {answer[:40]!r} names no "
+                       f"candidate; kept {match.route}")
         return match
     was = match.route
     match.judge = f"asked {settings.target} ({elapsed:.0f} ms) among {', '.join(names)}: chose {chosen}" + (
