@@ -46,6 +46,13 @@ _CLIENT_TAGS = re.compile(r"<(local-command-stdout|local-command-stderr|bash-std
                           re.DOTALL)
 _FENCE = re.compile(r"```[^\n]*\n(.*?)(```|$)", re.DOTALL)
 _PASTED_LINES = 4  # a fenced block longer than this is a paste: keep its first lines only
+# Pasted code, logs and tracebacks without a fence: a run of at least this many such lines is a paste.
+_UNFENCED_RUN = 6
+_PASTE_LINE = re.compile(
+    r"^\s*(\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d|\[?(TRACE|DEBUG|INFO|WARN|WARNING|ERROR|FATAL)\b"
+    r"|at [\w$.<>]+\(|File \"|Traceback \(|Caused by:|E {2,}|>>> |\$ |#\d+ "
+    r"|(def|class|import|from \S+ import|return|fn|func|function|const|let|var|public|private"
+    r"|package|#include|@\w+)\b|\w+(Error|Exception)\b:)")
 # Seconds between two attempts to embed the route examples after a failure.
 PREPARE_RETRY_S = 30.0
 EXAMPLES_TIMEOUT_S = 60.0
@@ -59,6 +66,52 @@ def _shorten_fence(m: re.Match[str]) -> str:
     return f"```\n{kept}\n[... {len(lines) - _PASTED_LINES} pasted lines]\n```"
 
 
+def _pasted_line(line: str) -> bool | None:
+    """True for a line of code, log or trace; False for prose; None for a blank line."""
+    stripped = line.strip()
+    if not stripped:
+        return None
+    if len(line) - len(line.lstrip(" \t")) >= 2 or _PASTE_LINE.match(line):
+        return True
+    symbols = sum(1 for c in stripped if not c.isalnum() and not c.isspace())
+    return symbols / len(stripped) > 0.2 or stripped.endswith((";", "{", "}"))
+
+
+def cut_unfenced_pastes(text: str) -> str:
+    """Cut a pasted file, log or traceback without a fence to its first lines, as a fenced one is.
+
+    A prose line between two pasted lines counts as pasted ("import os" in a file), so a paste
+    is found whole; a run shorter than ``_UNFENCED_RUN`` lines (a command, a one-line error) stays.
+    """
+    lines = text.split("\n")
+    if len(lines) < _UNFENCED_RUN:
+        return text
+    flags = [_pasted_line(line) for line in lines]
+    for i in range(1, len(flags) - 1):
+        if flags[i] is False and flags[i - 1] and flags[i + 1]:
+            flags[i] = True
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        if not flags[i]:
+            out.append(lines[i])
+            i += 1
+            continue
+        end = i
+        while end < len(lines) and flags[end] is not False:
+            end += 1
+        while end > i and flags[end - 1] is None:  # trailing blank lines are not part of the paste
+            end -= 1
+        run = [line for line, flag in zip(lines[i:end], flags[i:end], strict=True) if flag]
+        if len(run) >= _UNFENCED_RUN:
+            out.extend(lines[i:i + _PASTED_LINES])
+            out.append(f"[... {end - i - _PASTED_LINES} pasted lines]")
+        else:
+            out.extend(lines[i:end])
+        i = end
+    return "\n".join(out)
+
+
 def clean_turn_text(text: str) -> str:
     """The user's words: reminders and command output dropped, pasted blocks cut, length bounded."""
     if "<" in text:
@@ -66,6 +119,8 @@ def clean_turn_text(text: str) -> str:
         text = _CLIENT_TAGS.sub(" ", text)
     if "```" in text:
         text = _FENCE.sub(_shorten_fence, text)
+    if text.count("\n") >= _UNFENCED_RUN:
+        text = cut_unfenced_pastes(text)
     text = text.strip()
     if len(text) > MAX_TURN_CHARS:
         # The request is usually said before or after a paste: keep both ends.

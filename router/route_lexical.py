@@ -31,7 +31,11 @@ def stem(word: str) -> str:
     """A crude suffix cut, so "plan", "plans" and "planning" count as one word."""
     for suffix in _SUFFIXES:
         if len(word) > len(suffix) + 2 and word.endswith(suffix):
-            return word[: -len(suffix)]
+            word = word[: -len(suffix)]
+            doubled = len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiousl"
+            if suffix in ("ing", "ed") and doubled:
+                word = word[:-1]  # planning -> plann -> plan (but "installed" -> "install")
+            return word
     return word
 
 

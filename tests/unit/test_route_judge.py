@@ -54,6 +54,7 @@ async def test_a_close_call_is_decided_by_the_judge_among_the_best_candidates():
         match = await consult_with(config_with_judge(fake.url), close_call())
         sent = fake.last_request
     assert match.route == "planning" and match.score == 0.39
+    assert match.unjudged_route == "code" and match.judge_ms is not None and match.judge_ms > 0
     assert "chose planning over code" in match.judge and "among code, planning, architecture" in match.judge
     prompt = sent["messages"][-1]["content"]
     assert "- planning: Strategic technical planning" in prompt and "- docs:" not in prompt
@@ -74,6 +75,7 @@ async def test_a_useless_answer_keeps_the_classifiers_route():
         fake.enqueue(Reply(text="I think this is about databases"))
         match = await consult_with(config_with_judge(fake.url), close_call())
     assert match.route == "code" and "names no candidate; kept code" in match.judge
+    assert match.unjudged_route == "code"
 
 
 async def test_a_silent_judge_is_cut_off_at_its_timeout():
