@@ -138,7 +138,7 @@ class JudgeConfig(_Base, kw_only=True):
     """An LLM judge for close calls (off unless set): a local chat model names the route."""
 
     target: str  # a local target, e.g. one running qwen2.5:1.5b or Arch-Router-1.5B
-    margin_below: float = 0.03  # asked only when the two best routes are closer than this
+    margin_below: float = 0.05  # asked only when the two best routes are closer than this
     candidates: int = 3  # the best routes it chooses among
     timeout_ms: int = 1500  # past this the classifier's route stands
 
