@@ -264,12 +264,16 @@ def _cli(config: dict, tmp_path: Path, *args: str) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=600, check=False)
 
 
-def test_route_eval_on_the_projects_labelled_set_meets_the_routing_targets(minilm_url, tmp_path):
-    """The default policies on the project's 225 labelled prompts, inside the recorded Claude Code body."""
-    result = _cli(default_config(minilm_url, tmp_path / "state"), tmp_path, "eval", str(EVAL_SET), "--json",
+def _eval_in_claude_code_body(minilm_url: str, tmp_path: Path, labelled: Path) -> dict:
+    result = _cli(default_config(minilm_url, tmp_path / "state"), tmp_path, "eval", str(labelled), "--json",
                   "--wrap", str(ROOT / "tests/fixtures/claude_code/turn-01.json"))
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_route_eval_on_the_projects_labelled_set_meets_the_routing_targets(minilm_url, tmp_path):
+    """The default policies on the project's 225 labelled prompts, inside the recorded Claude Code body."""
+    summary = _eval_in_claude_code_body(minilm_url, tmp_path, EVAL_SET)
     assert summary["prompts"] == 225 and summary["keyword_fallbacks"] == 0
     assert set(summary["per_route"]) == {"code", "debug", "docs", "explain", "chores", "architecture",
                                          "troubleshooting", "planning", "cross_codebase"}
@@ -283,10 +287,7 @@ def test_route_eval_on_the_projects_labelled_set_meets_the_routing_targets(minil
 
 def test_route_eval_on_the_held_out_set_generalises(minilm_url, tmp_path):
     """The 99 prompts never tuned on (tests/fixtures/routing/README.md) keep the routing targets too."""
-    result = _cli(default_config(minilm_url, tmp_path / "state"), tmp_path, "eval", str(HELDOUT_SET), "--json",
-                  "--wrap", str(ROOT / "tests/fixtures/claude_code/turn-01.json"))
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
+    summary = _eval_in_claude_code_body(minilm_url, tmp_path, HELDOUT_SET)
     assert summary["prompts"] == 99 and summary["keyword_fallbacks"] == 0
     assert summary["cloud_recall"] >= 0.90 and summary["local_kept"] >= 0.80
     assert summary["agreement"] >= 0.88  # 92.9% measured; 87.9% with the first classifier
