@@ -271,8 +271,8 @@ class RouteClassifier:
             self.mean = mean
             self.centroids = centroids
             self.matrix = matrix
-            log.info("route classifier ready: %d examples for %d routes embedded with %s (%d from cache)",
-                     len(texts), len(self.routes), model, len(texts) + len(descriptions) - len(missing))
+            log.info("route classifier ready: %d examples, %d descriptions embedded with %s (%d from cache)",
+                     len(texts), len(descriptions), model, len(texts) + len(descriptions) - len(missing))
             return True
 
     def prepare_soon(self) -> None:
