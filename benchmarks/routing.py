@@ -39,15 +39,15 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from aibox_router import pipeline  # noqa: E402
-from aibox_router.classifier import RouteClassifier  # noqa: E402
-from aibox_router.cli.common import default_config_path  # noqa: E402
-from aibox_router.config import parse_config  # noqa: E402
-from aibox_router.route_eval import _EvalRuntime, load_items, run_eval, wrap_in  # noqa: E402
-from tests.support import embedding_server  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from aibox_router import pipeline
+from aibox_router.classifier import RouteClassifier
+from aibox_router.cli.common import default_config_path
+from aibox_router.config import parse_config
+from aibox_router.route_eval import _EvalRuntime, load_items, run_eval, wrap_in
+from tests.support import embedding_server
 
+ROOT = Path(__file__).resolve().parent.parent
 EVAL_SET = ROOT / "tests/fixtures/routing/eval-prompts.jsonl"
 HELDOUT_SET = ROOT / "tests/fixtures/routing/heldout-prompts.jsonl"
 SETS = {"tuning set": EVAL_SET, "held-out set": HELDOUT_SET}

@@ -21,9 +21,10 @@ from collections import Counter
 
 _WORD = re.compile(r"[a-z][a-z0-9_]+")
 # Words that say nothing about the kind of work (kept short: idf already discounts common words).
-STOP_WORDS = frozenset(
-    "a an the to of in on for and or with this that it is are be we our my me i you your can could please "
-    "how what from by at as do does into".split())
+STOP_WORDS = frozenset((
+    "a", "an", "the", "to", "of", "in", "on", "for", "and", "or", "with", "this", "that", "it", "is", "are",
+    "be", "we", "our", "my", "me", "i", "you", "your", "can", "could", "please", "how", "what", "from", "by",
+    "at", "as", "do", "does", "into"))
 _SUFFIXES = ("ing", "ed", "es", "s")
 
 

@@ -53,9 +53,9 @@ def test_unfenced_pasted_logs_and_code_are_cut_and_prose_and_lists_stay():
     assert "worker-3 lost" in cleaned and "worker-4 lost" not in cleaned
     assert "[... 36 pasted lines]" in cleaned
     assert cleaned.startswith("The worker dies") and cleaned.endswith("what is going on?")
-    code = "\n".join(["def total(items):", "    result = 0", "    for item in items:",
-                      "        result += item.price * item.quantity", "    return result", "",
-                      "import os", "def load(path):", "    with open(path) as f:", "        return f.read()"])
+    code = ("def total(items):\n    result = 0\n    for item in items:\n"
+            "        result += item.price * item.quantity\n    return result\n\n"
+            "import os\ndef load(path):\n    with open(path) as f:\n        return f.read()")
     cleaned = clean_turn_text(f"Add type hints to this:\n{code}\nand keep it short")
     assert "def load" not in cleaned and "[... 6 pasted lines]" in cleaned
     assert cleaned.endswith("keep it short")
