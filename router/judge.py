@@ -6,11 +6,18 @@ best routes is below ``routing.judge.margin_below``, only about the ``candidates
 only on a local target (the config check refuses a cloud one: a judge must not cost money). An
 answer that names no candidate, an error or no answer within ``timeout_ms`` keeps the classifier's
 route; ``route explain`` and the match's ``judge`` field say which happened.
+
+The answer is constrained to the candidates' names: the request carries a JSON schema whose one
+property is an enum of them (``output_format``, which the OpenAI-compatible backend sends as
+``response_format`` and the Ollama backend as ``format``), so llama.cpp, vLLM and Ollama can only
+produce ``{"route": "<a candidate>"}``. A server that ignores the schema may still answer in free
+text; the first candidate named in it then counts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from typing import Any
@@ -20,7 +27,24 @@ from .config import RouterConfig
 from .internal import CallContext, text_of
 
 _SYSTEM = ("You route developer requests. Read the routes and the request, then answer with the name of "
-           "the one route that fits the request best. Answer with the route name only.")
+           'the one route that fits the request best, as JSON: {"route": "<route name>"}.')
+
+# The answer is one short JSON object ({"route": "cross_codebase"} is about 10 tokens): a small cap
+# bounds the call's latency without cutting a valid answer.
+MAX_ANSWER_TOKENS = 24
+
+
+def answer_schema(names: list[str]) -> dict[str, Any]:
+    """The JSON schema that only an object naming one of *names* satisfies."""
+    return {"type": "object", "properties": {"route": {"type": "string", "enum": list(names)}},
+            "required": ["route"], "additionalProperties": False}
+
+
+def judge_request(config: RouterConfig, model: str, names: list[str], text: str) -> dict[str, Any]:
+    """The Messages request to the judge, with its answer constrained to *names*."""
+    return {"model": model, "max_tokens": MAX_ANSWER_TOKENS, "temperature": 0, "system": _SYSTEM,
+            "messages": [{"role": "user", "content": judge_prompt(config, names, text)}],
+            "output_format": {"type": "json_schema", "schema": answer_schema(names)}}
 
 
 def judge_prompt(config: RouterConfig, names: list[str], text: str) -> str:
@@ -30,7 +54,14 @@ def judge_prompt(config: RouterConfig, names: list[str], text: str) -> str:
 
 
 def pick_route(answer: str, names: list[str]) -> str | None:
-    """The candidate the answer names first (whole words, any case), or None."""
+    """The candidate the answer names: the ``route`` of a JSON answer that follows the schema, else
+    (a server that ignored it) the first candidate named in the text (whole words, any case), or None."""
+    try:
+        decoded = json.loads(answer)
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, dict) and decoded.get("route") in names:
+        return str(decoded["route"])
     found: list[tuple[int, str]] = []
     lowered = answer.lower()
     for name in names:
@@ -48,8 +79,7 @@ async def consult(runtime: Any, text: str, match: RouteMatch) -> RouteMatch:
     names = list(match.scores)[: settings.candidates]
     target = runtime.config.targets[settings.target]
     backend = runtime.backends[target.backend]
-    request = {"model": target.model, "max_tokens": 16, "temperature": 0, "system": _SYSTEM,
-               "messages": [{"role": "user", "content": judge_prompt(runtime.config, names, text)}]}
+    request = judge_request(runtime.config, target.model, names, text)
     match.unjudged_route = match.route
     started = time.perf_counter()
     try:

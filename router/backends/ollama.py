@@ -36,6 +36,7 @@ from .openai import (
     message_skeleton,
     new_message_id,
     new_tool_id,
+    output_schema,
     parse_arguments,
     tool_names_by_id,
     tool_result_text,
@@ -101,6 +102,9 @@ def to_ollama_request(request: Request, target: TargetConfig, stream: bool) -> d
     tools = function_tools(request)
     if tools and (request.get("tool_choice") or {}).get("type") != "none":
         body["tools"] = tools
+    schema = output_schema(request)
+    if schema is not None:
+        body["format"] = schema  # Ollama's structured outputs: the schema itself, not OpenAI's wrapper
     if target.keep_alive is not None:
         body["keep_alive"] = target.keep_alive
     return body

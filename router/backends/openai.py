@@ -239,6 +239,16 @@ def _tool_choice(choice: dict[str, Any] | None) -> Any:
 URL_IMAGE_NOTE = "[image omitted: this backend accepts only inline images]"
 
 
+def output_schema(request: Request) -> dict[str, Any] | None:
+    """The JSON schema the answer must follow: Anthropic's structured outputs field
+    ``output_format: {"type": "json_schema", "schema": ...}``, or None."""
+    output_format = request.get("output_format")
+    if not isinstance(output_format, dict) or output_format.get("type") != "json_schema":
+        return None
+    schema = output_format.get("schema")
+    return schema if isinstance(schema, dict) else None
+
+
 def without_image_urls(request: Request) -> Request:
     """*request* with each image given by URL replaced by a note (the request itself if it has none).
 
@@ -274,6 +284,10 @@ def to_openai_request(request: Request, target: TargetConfig, stream: bool,
             body[key] = request[key]
     if request.get("stop_sequences"):
         body["stop"] = request["stop_sequences"]
+    schema = output_schema(request)
+    if schema is not None:
+        # OpenAI's structured outputs shape; llama.cpp's server and vLLM turn the schema into a grammar.
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
     tools = function_tools(request)
     if tools:
         body["tools"] = tools
@@ -471,8 +485,19 @@ class OpenAIBackend(Backend):
 
     async def complete(self, request: Request, target: TargetConfig, ctx: CallContext) -> Message:
         body = to_openai_request(request, target, stream=False, allow_image_urls=self.config.allow_image_urls)
-        data, response = await self.request_json("POST", "/chat/completions", content=encode_json(body),
-                                                 headers=self._headers())
+        try:
+            data, response = await self.request_json("POST", "/chat/completions", content=encode_json(body),
+                                                     headers=self._headers())
+        except (UpstreamStatusError, BackendUnavailable) as e:
+            # llama-cpp-python's server refuses OpenAI's json_schema response_format (HTTP 500) and
+            # takes the schema as {"type": "json_object", "schema": ...}: ask once more that way when
+            # the server answered (not a transport failure) a request that carried a schema.
+            schema = output_schema(request)
+            if schema is None or (isinstance(e, BackendUnavailable) and e.status is None):
+                raise
+            body["response_format"] = {"type": "json_object", "schema": schema}
+            data, response = await self.request_json("POST", "/chat/completions", content=encode_json(body),
+                                                      headers=self._headers())
         ctx.upstream_request_id = response.headers.get("x-request-id")
         if isinstance(data, dict) and data.get("error"):
             raise _stream_error(self.name, data["error"], started=False)
