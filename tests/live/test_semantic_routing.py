@@ -25,6 +25,7 @@ from aibox_router.config import BackendConfig, parse_config
 from aibox_router.cost import SqliteLedger, day_of
 from aibox_router.embeddings import EmbeddingCache, EmbeddingClient
 from tests.doubles.fake_ollama import FakeOllama, absent_url
+from tests.support.loopback_app import serve_on_loopback
 from tests.support.router_process import RouterProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,12 +135,7 @@ async def _hanging_server() -> tuple[web.AppRunner, str]:
 
     app = web.Application()
     app.router.add_post("/api/embed", hang)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+    return await serve_on_loopback(app)
 
 
 async def test_a_slow_embedding_backend_falls_back_to_keywords_within_the_timeout(minilm_url, shared):

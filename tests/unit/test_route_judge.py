@@ -21,6 +21,7 @@ from aibox_router.config import parse_config
 from aibox_router.errors import ConfigError
 from aibox_router.judge import answer_schema, consult, judge_prompt, judge_request, pick_route
 from tests.doubles.fake_ollama import FakeOllama, Reply
+from tests.support.loopback_app import serve_on_loopback
 
 
 def config_with_judge(ollama_url: str, **judge):
@@ -136,15 +137,11 @@ async def test_a_silent_judge_is_cut_off_at_its_timeout():
 
     app = web.Application()
     app.router.add_post("/api/chat", hang)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, url = await serve_on_loopback(app)
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        config = config_with_judge(f"http://127.0.0.1:{port}", timeout_ms=200)
+        config = config_with_judge(url, timeout_ms=200)
         match = await consult_with(config, close_call())
         assert loop.time() - started < 2
     finally:
@@ -187,12 +184,8 @@ async def start_llama_cpp_python_like_server(seen: list[dict]) -> tuple[web.AppR
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}/v1"
+    runner, url = await serve_on_loopback(app)
+    return runner, f"{url}/v1"
 
 
 async def test_a_server_refusing_the_json_schema_shape_is_asked_with_its_json_object_schema():
