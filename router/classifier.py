@@ -1,18 +1,25 @@
-"""Which route a user turn belongs to: nearest route examples by sentence embedding.
+"""Which route a user turn belongs to: its sentence embedding and its words against the route examples.
 
 The text classified is the user's own words in the newest user turn (:func:`user_turn_text`):
-Claude Code's ``<system-reminder>`` blocks, tool results and pasted file contents say nothing
-about how hard the work is, so they are dropped or cut down before embedding.
+Claude Code's ``<system-reminder>`` blocks, tool results and pasted file contents or logs say
+nothing about how hard the work is, so they are dropped or cut down before embedding.
 
-A route's score is the cosine similarity of the turn to the route's centroid (the normalised mean
-of its example vectors); the route with the highest score wins, and ``margin`` is its lead over
-the runner-up (a small margin is a close call). On the project's labelled set the centroid agreed
-with the labels more often than the mean of the k nearest examples for any k (84% against at most
-78% with 16 examples a route, all-MiniLM-L6-v2): one odd example moves a centroid little. The
-nearest single examples are still reported, for ``route explain``. When no embedding backend
-answers within ``routing.embeddings.timeout_ms``, or
-the examples could not be embedded yet, the keyword classifier of features.py picks the route
-through each route's ``keyword_tasks``, and the match says so (``source == "keyword"``).
+A route's score has two parts:
+
+* semantic: the cosine similarity of the turn to the route's centroid (the mean of its examples
+  and its description), both taken relative to the mean of all examples. Sentence embeddings of
+  one model share a large common direction (every developer prompt looks alike to it);
+  subtracting the examples' mean leaves what tells the routes apart. The centroid beat the mean
+  of the k nearest examples for every k on the project's labelled set: one odd example moves a
+  centroid little;
+* lexical: ``routing.lexical_weight`` times the TF-IDF cosine of the turn's words with the route's
+  examples (route_lexical.py), which weighs the few words that say what kind of work it is.
+
+The route with the highest score wins; ``margin`` is its lead over the runner-up (a small margin is
+a close call). The nearest single examples are reported for ``route explain``. When no embedding
+backend answers within ``routing.embeddings.timeout_ms``, or the examples could not be embedded
+yet, the keyword classifier of features.py picks the route through each route's
+``keyword_tasks``, and the match says so (``source == "keyword"``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 from .config import RouterConfig
 from .embeddings import EmbeddingCache, EmbeddingClient, EmbeddingError, Vector, dot, normalised
 from .features import classify_task
+from .route_lexical import LexicalScorer
 
 log = logging.getLogger("aibox_router.classifier")
 
@@ -38,6 +46,13 @@ _CLIENT_TAGS = re.compile(r"<(local-command-stdout|local-command-stderr|bash-std
                           re.DOTALL)
 _FENCE = re.compile(r"```[^\n]*\n(.*?)(```|$)", re.DOTALL)
 _PASTED_LINES = 4  # a fenced block longer than this is a paste: keep its first lines only
+# Pasted code, logs and tracebacks without a fence: a run of at least this many such lines is a paste.
+_UNFENCED_RUN = 6
+_PASTE_LINE = re.compile(
+    r"^\s*(\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d|\[?(TRACE|DEBUG|INFO|WARN|WARNING|ERROR|FATAL)\b"
+    r"|at [\w$.<>]+\(|File \"|Traceback \(|Caused by:|E {2,}|>>> |\$ |#\d+ "
+    r"|(def|class|import|from \S+ import|return|fn|func|function|const|let|var|public|private"
+    r"|package|#include|@\w+)\b|\w+(Error|Exception)\b:)")
 # Seconds between two attempts to embed the route examples after a failure.
 PREPARE_RETRY_S = 30.0
 EXAMPLES_TIMEOUT_S = 60.0
@@ -47,7 +62,54 @@ def _shorten_fence(m: re.Match[str]) -> str:
     lines = m.group(1).splitlines()
     if len(lines) <= _PASTED_LINES:
         return m.group(0)
-    return "```\n" + "\n".join(lines[:_PASTED_LINES]) + f"\n[... {len(lines) - _PASTED_LINES} pasted lines]\n```"
+    kept = "\n".join(lines[:_PASTED_LINES])
+    return f"```\n{kept}\n[... {len(lines) - _PASTED_LINES} pasted lines]\n```"
+
+
+def _pasted_line(line: str) -> bool | None:
+    """True for a line of code, log or trace; False for prose; None for a blank line."""
+    stripped = line.strip()
+    if not stripped:
+        return None
+    if len(line) - len(line.lstrip(" \t")) >= 2 or _PASTE_LINE.match(line):
+        return True
+    symbols = sum(1 for c in stripped if not c.isalnum() and not c.isspace())
+    return symbols / len(stripped) > 0.2 or stripped.endswith((";", "{", "}"))
+
+
+def cut_unfenced_pastes(text: str) -> str:
+    """Cut a pasted file, log or traceback without a fence to its first lines, as a fenced one is.
+
+    A prose line between two pasted lines counts as pasted ("import os" in a file), so a paste
+    is found whole; a run shorter than ``_UNFENCED_RUN`` lines (a command, a one-line error) stays.
+    """
+    lines = text.split("\n")
+    if len(lines) < _UNFENCED_RUN:
+        return text
+    flags = [_pasted_line(line) for line in lines]
+    for i in range(1, len(flags) - 1):
+        if flags[i] is False and flags[i - 1] and flags[i + 1]:
+            flags[i] = True
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        if not flags[i]:
+            out.append(lines[i])
+            i += 1
+            continue
+        end = i
+        while end < len(lines) and flags[end] is not False:
+            end += 1
+        while end > i and flags[end - 1] is None:  # trailing blank lines are not part of the paste
+            end -= 1
+        run = [line for line, flag in zip(lines[i:end], flags[i:end], strict=True) if flag]
+        if len(run) >= _UNFENCED_RUN:
+            out.extend(lines[i:i + _PASTED_LINES])
+            out.append(f"[... {end - i - _PASTED_LINES} pasted lines]")
+        else:
+            out.extend(lines[i:end])
+        i = end
+    return "\n".join(out)
 
 
 def clean_turn_text(text: str) -> str:
@@ -57,6 +119,8 @@ def clean_turn_text(text: str) -> str:
         text = _CLIENT_TAGS.sub(" ", text)
     if "```" in text:
         text = _FENCE.sub(_shorten_fence, text)
+    if text.count("\n") >= _UNFENCED_RUN:
+        text = cut_unfenced_pastes(text)
     text = text.strip()
     if len(text) > MAX_TURN_CHARS:
         # The request is usually said before or after a paste: keep both ends.
@@ -107,21 +171,26 @@ class RouteMatch:
     nearest: list[Neighbour] = field(default_factory=list)
     note: str = ""  # why the keyword fallback was used, when it was
     judge: str = "not asked"
+    judge_ms: float | None = None  # how long the judge took, when it was asked
+    unjudged_route: str = ""  # the classifier's own route, when the judge was asked
     elapsed_ms: float = 0.0
+    # The best routes' score in parts: {"semantic": ..., "lexical": ...} (weighted as added).
+    parts: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"route": self.route, "score": round(self.score, 4), "margin": round(self.margin, 4),
                 "source": self.source, "scores": {k: round(v, 4) for k, v in self.scores.items()},
                 "nearest": [{"route": n.route, "example": n.example, "score": round(n.score, 4)}
                             for n in self.nearest],
-                "note": self.note, "judge": self.judge, "elapsed_ms": round(self.elapsed_ms, 3)}
+                "note": self.note, "judge": self.judge, "elapsed_ms": round(self.elapsed_ms, 3),
+                "parts": {k: {p: round(v, 4) for p, v in part.items()} for k, part in self.parts.items()}}
 
 
 class RouteClassifier:
     """Built from one config; ``prepare`` embeds the examples, ``classify`` places a turn."""
 
-    def __init__(self, config: RouterConfig, cache: EmbeddingCache | None = None, cache_dir: str | None = None,
-                 cache_read_only: bool = False):
+    def __init__(self, config: RouterConfig, cache: EmbeddingCache | None = None,
+                 cache_dir: str | None = None, cache_read_only: bool = False):
         """*cache* (or one opened in *cache_dir* when the examples are first embedded) keeps vectors."""
         self.config = config
         self.routes = [r.name for r in config.routes]
@@ -139,7 +208,10 @@ class RouteClassifier:
             for task in r.keyword_tasks:
                 self._task_route.setdefault(task, r.name)
         self.matrix: list[Vector] | None = None  # one normalised vector per example
-        self.centroids: list[Vector] | None = None  # one normalised vector per route
+        self.centroids: list[Vector] | None = None  # one normalised vector per route, less the mean
+        self.mean: Vector | None = None  # the mean of all example vectors
+        self.lexical_weight = config.routing.lexical_weight
+        self.lexical = LexicalScorer({r.name: [e for e in r.examples if e.strip()] for r in config.routes})
         self._owner = [i for i, _ in self.examples]
         # The nearest single examples cost a comparison with every example (~6 ms in Python):
         # only route explain and tests ask for them.
@@ -165,8 +237,10 @@ class RouteClassifier:
             if self.cache is None and self._cache_dir:
                 self.cache = EmbeddingCache.in_state_dir(self._cache_dir, read_only=self._cache_read_only)
             texts = [t for _, t in self.examples]
-            known = self.cache.get_many(model, texts) if self.cache else {}
-            missing = list(dict.fromkeys(t for t in texts if t not in known))
+            # A route's description is written to define the class: it counts as one more example.
+            descriptions = [r.description.strip() for r in self.config.routes]
+            known = self.cache.get_many(model, texts + descriptions) if self.cache else {}
+            missing = list(dict.fromkeys(t for t in texts + descriptions if t not in known))
             try:
                 for start in range(0, len(missing), 32):
                     batch = missing[start:start + 32]
@@ -180,20 +254,25 @@ class RouteClassifier:
                 self._failure = f"route examples could not be embedded: {e}"
                 log.warning("%s; routing by keywords until they are", self._failure)
                 return False
-            dims = {len(known[t]) for t in texts}
+            dims = {len(known[t]) for t in texts + descriptions}
             if len(dims) != 1:
                 self._failure = f"cached example vectors have mixed sizes {sorted(dims)}; clear the cache"
                 log.error(self._failure)
                 return False
             matrix = [known[t] for t in texts]
+            members = matrix + [known[t] for t in descriptions]
+            owners = self._owner + list(range(len(self.routes)))
+            mean = [sum(column) / len(members) for column in zip(*members, strict=True)]
             centroids = []
             for i in range(len(self.routes)):
-                own = [v for v, owner in zip(matrix, self._owner, strict=True) if owner == i]
-                centroids.append(normalised([sum(column) for column in zip(*own, strict=True)]))
+                own = [v for v, owner in zip(members, owners, strict=True) if owner == i]
+                centroid = [sum(column) / len(own) for column in zip(*own, strict=True)]
+                centroids.append(normalised([c - m for c, m in zip(centroid, mean, strict=True)]))
+            self.mean = mean
             self.centroids = centroids
             self.matrix = matrix
-            log.info("route classifier ready: %d examples for %d routes embedded with %s (%d from cache)",
-                     len(texts), len(self.routes), model, len(texts) - len(missing))
+            log.info("route classifier ready: %d examples, %d descriptions embedded with %s (%d from cache)",
+                     len(texts), len(descriptions), model, len(texts) + len(descriptions) - len(missing))
             return True
 
     def prepare_soon(self) -> None:
@@ -236,7 +315,7 @@ class RouteClassifier:
             except EmbeddingError as e:
                 match = self.keyword_match(text, f"embedding failed: {e}")
             else:
-                match = self.match_vector(vector)
+                match = self.match_vector(vector, text)
         match.elapsed_ms = (time.perf_counter() - started) * 1000
         if match.source == "keyword" and self.client is not None:
             now = time.monotonic()
@@ -245,21 +324,31 @@ class RouteClassifier:
                 log.warning("routing by keywords: %s", match.note)
         return match
 
-    def match_vector(self, vector: Vector) -> RouteMatch:
-        assert self.matrix is not None and self.centroids is not None
+    def match_vector(self, vector: Vector, text: str = "") -> RouteMatch:
+        """Place a turn by its embedding *vector* and, when given, its *text* (the lexical part)."""
+        assert self.matrix is not None and self.centroids is not None and self.mean is not None
         if len(vector) != len(self.matrix[0]):
             return self.keyword_match("", f"the embedding model returned {len(vector)} dimensions, "
                                           f"the examples have {len(self.matrix[0])}")
-        scores = {name: dot(self.centroids[i], vector) for i, name in enumerate(self.routes)}
+        centred = normalised([x - m for x, m in zip(vector, self.mean, strict=True)])
+        semantic = [dot(c, centred) for c in self.centroids]
+        weight = self.lexical_weight
+        lexical = [0.0] * len(semantic)
+        if text and weight:
+            lexical = [weight * x for x in self.lexical.scores(text)]
+        scores = {name: semantic[i] + lexical[i] for i, name in enumerate(self.routes)}
         ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
         best, best_score = ranked[0]
         margin = best_score - ranked[1][1] if len(ranked) > 1 else best_score
+        index = {name: i for i, name in enumerate(self.routes)}
+        parts = {name: {"semantic": semantic[index[name]], "lexical": lexical[index[name]]}
+                 for name, _ in ranked[:4]}
         nearest: list[Neighbour] = []
         if self.with_nearest:
             sims = sorted(((dot(v, vector), j) for j, v in enumerate(self.matrix)), reverse=True)[:5]
             nearest = [Neighbour(self.routes[self._owner[j]], self.examples[j][1], s) for s, j in sims]
         return RouteMatch(route=best, score=best_score, margin=margin, source="embedding",
-                          scores=dict(ranked), nearest=nearest)
+                          scores=dict(ranked), nearest=nearest, parts=parts)
 
     def route_for_task(self, task: str) -> str:
         """The first route whose ``keyword_tasks`` list *task*, or ``none``."""

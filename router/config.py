@@ -128,7 +128,7 @@ class JudgeConfig(_Base, kw_only=True, frozen=True):
     """An LLM judge for close calls (off unless set): a local chat model names the route."""
 
     target: str  # a local target, e.g. one running qwen2.5:1.5b or Arch-Router-1.5B
-    margin_below: float = 0.03  # asked only when the two best routes are closer than this
+    margin_below: float = 0.05  # asked only when the two best routes are closer than this
     candidates: int = 3  # the best routes it chooses among
     timeout_ms: int = 1500  # past this the classifier's route stands
 
@@ -138,6 +138,8 @@ class RoutingConfig(_Base, kw_only=True, frozen=True):
 
     embeddings: EmbeddingsConfig | None = None
     judge: JudgeConfig | None = None
+    # Weight of the examples' words (TF-IDF) added to the embedding score; 0 routes by embedding alone.
+    lexical_weight: float = 0.4
     turn_cache_size: int = 4096  # user turns whose decision is remembered (the tool loop reuses it)
     turn_ttl_s: float = 3600.0  # a turn's decision is forgotten after this long
 

@@ -24,7 +24,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .classifier import RouteClassifier
 from .config import RouterConfig
@@ -56,6 +56,8 @@ class EvalResult:
     new_turn_ms: float
     reused_turn_ms: float
     judged: bool = False
+    unjudged_route: str = ""  # the classifier's route before the judge, when it was asked
+    judge_ms: float | None = None
 
 
 @dataclass
@@ -78,7 +80,8 @@ class EvalReport:
             wanted = sum(1 for r in labelled if r.item.want == name)
             got = sum(1 for r in labelled if r.route == name)
             if wanted or got:
-                per_route[name] = {"support": wanted, "precision": _ratio(tp, got), "recall": _ratio(tp, wanted)}
+                per_route[name] = {"support": wanted, "precision": _ratio(tp, got),
+                                   "recall": _ratio(tp, wanted)}
         want_cloud = [r for r in rs if r.want_cloud]
         want_local = [r for r in rs if not r.want_cloud]
         new = [r.new_turn_ms for r in rs]
@@ -92,6 +95,7 @@ class EvalReport:
             "local_share": round(sum(not r.cloud for r in rs) / n, 4),
             "keyword_fallbacks": sum(r.source == "keyword" for r in rs),
             "judge_asked": sum(r.judged for r in rs),
+            "judge": _judge_summary(rs),
             "per_route": per_route,
             "confusion": confusion,
             "decision_ms": {"new_turn_p50": _pct(new, 50), "new_turn_p95": _pct(new, 95),
@@ -100,6 +104,18 @@ class EvalReport:
                         "target": r.target, "score": round(r.score, 3), "margin": round(r.margin, 3)}
                        for r in rs if not r.agrees],
         }
+
+
+def _judge_summary(rs: list[EvalResult]) -> dict[str, Any]:
+    """On the route-labelled turns the judge was asked about: its agreement against the classifier's."""
+    asked = [r for r in rs if r.judged and r.item.want not in LOCALITY_LABELS]
+    answered = [r.judge_ms for r in rs if r.judged and r.judge_ms is not None]
+    return {"asked": len(asked),
+            "agreement_with_judge": _ratio(sum(r.route == r.item.want for r in asked), len(asked)),
+            "agreement_without_judge": _ratio(sum(r.unjudged_route == r.item.want for r in asked),
+                                              len(asked)),
+            "changed": sum(r.route != r.unjudged_route for r in asked),
+            "judge_ms_p50": _pct(answered, 50), "judge_ms_p95": _pct(answered, 95)}
 
 
 def _ratio(a: int, b: int) -> float | None:
@@ -123,7 +139,8 @@ def load_items(path: str | Path) -> list[EvalItem]:
             data = json.loads(line)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{number}: not a JSON object: {e}") from None
-        if not (isinstance(data, dict) and isinstance(data.get("prompt"), str) and isinstance(data.get("want"), str)):
+        if not (isinstance(data, dict) and isinstance(data.get("prompt"), str)
+                and isinstance(data.get("want"), str)):
             raise ConfigError(f"{path}:{number}: expected {{\"prompt\": str, \"want\": str}}")
         items.append(EvalItem(data["prompt"], data["want"], str(data.get("id") or number)))
     return items
@@ -200,7 +217,8 @@ async def run_eval(config: RouterConfig, items: list[EvalItem], *, wrap: Any = N
     """Route every item as a new turn; examples that cannot be embedded leave the keyword fallback,
     which the report counts (``keyword_fallbacks``)."""
     owned = classifier is None
-    classifier = classifier or RouteClassifier(config, cache_dir=config.server.state_dir, cache_read_only=True)
+    classifier = classifier or RouteClassifier(config, cache_dir=config.server.state_dir,
+                                               cache_read_only=True)
     await classifier.prepare()
     runtime = _EvalRuntime(config, classifier)
     report = EvalReport(routes=[r.name for r in config.routes])
@@ -213,26 +231,30 @@ async def run_eval(config: RouterConfig, items: list[EvalItem], *, wrap: Any = N
     return report
 
 
-async def _route_all(runtime: _EvalRuntime, config: RouterConfig, items: list[EvalItem], wrap: Any, client: str,
-                     report: EvalReport) -> None:
+async def _route_all(runtime: _EvalRuntime, config: RouterConfig, items: list[EvalItem], wrap: Any,
+                     client: str, report: EvalReport) -> None:
     from . import pipeline
 
     for item in items:
         request = wrap(item.prompt) if wrap else plain_request(item.prompt)
         body_size = len(json.dumps(request)) if wrap else len(item.prompt) + 100
         started = time.perf_counter()
-        plan = await pipeline.plan_turn(runtime, request, client=client, protocol="anthropic", body_size=body_size)
+        plan = await pipeline.plan_turn(cast(Any, runtime), request, client=client, protocol="anthropic",
+                                        body_size=body_size)
         new_ms = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
-        await pipeline.plan_turn(runtime, request, client=client, protocol="anthropic", body_size=body_size)
+        await pipeline.plan_turn(cast(Any, runtime), request, client=client, protocol="anthropic",
+                                 body_size=body_size)
         reused_ms = (time.perf_counter() - started) * 1000
         route = plan.features.route
         cloud = config.target_is_cloud(plan.decision.target)
         want_cloud = _wanted_cloud(runtime, plan, item.want)
         agrees = (cloud == want_cloud) if item.want in LOCALITY_LABELS else route == item.want
         report.results.append(EvalResult(item, route, plan.features.route_source, plan.decision.target, cloud,
-                                         want_cloud, agrees, plan.features.route_score, plan.features.route_margin,
-                                         new_ms, reused_ms, plan.match.judge != "not asked"))
+                                         want_cloud, agrees, plan.features.route_score,
+                                         plan.features.route_margin, new_ms, reused_ms,
+                                         plan.match.judge != "not asked", plan.match.unjudged_route,
+                                         plan.match.judge_ms))
 
 
 def _wanted_cloud(runtime: _EvalRuntime, plan: Any, want: str) -> bool:
@@ -251,8 +273,15 @@ def format_report(summary: dict[str, Any], show_misses: int = 20) -> str:
     lines = [(f"prompts: {summary['prompts']}   agreement: {pct(summary['agreement'])}   "
              f"local/cloud agreement: {pct(summary['locality_agreement'])}"),
              (f"cloud recall (Claude-reserved kept for Claude): {pct(summary['cloud_recall'])}   "
-             f"local-first kept local: {pct(summary['local_kept'])}   local share: {pct(summary['local_share'])}"),
+             f"local-first kept local: {pct(summary['local_kept'])}   "
+             f"local share: {pct(summary['local_share'])}"),
              f"keyword fallbacks: {summary['keyword_fallbacks']}   judge asked: {summary['judge_asked']}"]
+    j = summary["judge"]
+    if j["asked"]:
+        lines.append(f"judge, on the {j['asked']} route-labelled close calls it was asked about: agreement "
+                     f"{pct(j['agreement_with_judge'])} with it, "
+                     f"{pct(j['agreement_without_judge'])} without; "
+                     f"changed {j['changed']}; {j['judge_ms_p50']} ms p50, {j['judge_ms_p95']} ms p95")
     d = summary["decision_ms"]
     lines.append(f"decision time: new turn p50 {d['new_turn_p50']} ms, p95 {d['new_turn_p95']} ms; "
                  f"reused turn p50 {d['reused_turn_p50']} ms, p95 {d['reused_turn_p95']} ms")

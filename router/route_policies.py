@@ -38,10 +38,12 @@ def route_problems(cfg: RouterConfig) -> list[str]:
             problems.append(f"{where}.examples: route {route.name!r} has {len(examples)} example prompts; "
                             f"expected {MIN_EXAMPLES} to {MAX_EXAMPLES} prompts of this kind of work")
         if route.target is not None and route.target not in cfg.targets:
-            problems.append(f"{where}.target: unknown target {route.target!r}; expected one of {sorted(cfg.targets)}")
+            problems.append(f"{where}.target: unknown target {route.target!r}; "
+                            f"expected one of {sorted(cfg.targets)}")
         for j, task in enumerate(route.keyword_tasks):
             if task not in TASKS:
-                problems.append(f"{where}.keyword_tasks[{j}]: unknown task {task!r}; expected one of {list(TASKS)}")
+                problems.append(f"{where}.keyword_tasks[{j}]: unknown task {task!r}; "
+                                f"expected one of {list(TASKS)}")
     shared: dict[str, str] = {}
     for route in cfg.routes:
         for example in route.examples:
@@ -56,8 +58,9 @@ def route_problems(cfg: RouterConfig) -> list[str]:
             problems.append(f"routing.embeddings.backend: unknown backend {emb.backend!r}; "
                             f"expected one of {sorted(cfg.backends)}")
         elif backend.type not in ("ollama", "openai"):
-            problems.append(f"routing.embeddings.backend: backend {emb.backend!r} is of type {backend.type!r}, "
-                            "which serves no embeddings; expected an ollama or openai backend")
+            problems.append(f"routing.embeddings.backend: backend {emb.backend!r} is of type "
+                            f"{backend.type!r}, which serves no embeddings; expected an ollama or openai "
+                            "backend")
         if not 10 <= emb.timeout_ms <= 60_000:
             problems.append(f"routing.embeddings.timeout_ms: expected 10 to 60000, found {emb.timeout_ms}")
     judge = cfg.routing.judge
@@ -66,12 +69,15 @@ def route_problems(cfg: RouterConfig) -> list[str]:
             problems.append(f"routing.judge.target: unknown target {judge.target!r}; "
                             f"expected one of {sorted(cfg.targets)}")
         elif cfg.targets[judge.target].backend in cfg.backends and cfg.target_is_cloud(judge.target):
-            problems.append(f"routing.judge.target: {judge.target!r} is a cloud target; the judge must be a local "
-                            "model (it is asked on every close call)")
+            problems.append(f"routing.judge.target: {judge.target!r} is a cloud target; the judge must be "
+                            "a local model (it is asked on every close call)")
         if judge.candidates < 2:
             problems.append(f"routing.judge.candidates: expected >= 2, found {judge.candidates}")
         if not 10 <= judge.timeout_ms <= 60_000:
             problems.append(f"routing.judge.timeout_ms: expected 10 to 60000, found {judge.timeout_ms}")
+    if not 0 <= cfg.routing.lexical_weight <= 2:
+        problems.append("routing.lexical_weight: expected 0 to 2 (0: the embedding alone), "
+                        f"found {cfg.routing.lexical_weight}")
     if cfg.routing.turn_cache_size < 0:
         problems.append(f"routing.turn_cache_size: expected >= 0, found {cfg.routing.turn_cache_size}")
     return problems

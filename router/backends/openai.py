@@ -13,6 +13,7 @@ from ..config import TargetConfig
 from ..errors import UpstreamError, UpstreamStatusError
 from ..internal import CallContext, Message, Request, StreamEvent
 from ..wire import encode_json
+from ..wire.chat_common import output_schema
 from ..wire.openai_chat import StreamTranslator, aiter_chunks, from_openai_response, to_openai_request
 from .base import (
     JSON_HEADERS,
@@ -42,8 +43,19 @@ class OpenAIBackend(Backend):
 
     async def complete(self, request: Request, target: TargetConfig, ctx: CallContext) -> Message:
         body = to_openai_request(request, target, stream=False, allow_image_urls=self.config.allow_image_urls)
-        data, response = await self.request_json("POST", "/chat/completions", content=encode_json(body),
-                                                 headers=self._headers())
+        try:
+            data, response = await self.request_json("POST", "/chat/completions", content=encode_json(body),
+                                                     headers=self._headers())
+        except (UpstreamStatusError, BackendUnavailable) as e:
+            # llama-cpp-python's server refuses OpenAI's json_schema response_format (HTTP 500) and
+            # takes the schema as {"type": "json_object", "schema": ...}: ask once more that way when
+            # the server answered (not a transport failure) a request that carried a schema.
+            schema = output_schema(request)
+            if schema is None or (isinstance(e, BackendUnavailable) and e.status is None):
+                raise
+            body["response_format"] = {"type": "json_object", "schema": schema}
+            data, response = await self.request_json("POST", "/chat/completions", content=encode_json(body),
+                                                     headers=self._headers())
         ctx.upstream_request_id = response.headers.get("x-request-id")
         if isinstance(data, dict) and data.get("error"):
             raise error_from_object(self.name, data["error"], started=False)

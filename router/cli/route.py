@@ -139,7 +139,14 @@ def _echo_route(r: dict[str, Any]) -> None:
         click.echo(f"  fallback: {r['note']}")
     ranked = list(r["scores"].items())[:4]
     if ranked:
-        click.echo("  route scores: " + ", ".join(f"{name} {score:.3f}" for name, score in ranked))
+        parts = r.get("parts") or {}
+
+        def detail(name: str) -> str:
+            part = parts.get(name)
+            return f" ({part['semantic']:.3f} + words {part['lexical']:.3f})" if part else ""
+
+        click.echo("  route scores (embedding + words): "
+                   + ", ".join(f"{name} {score:.3f}{detail(name)}" for name, score in ranked))
     for n in r["nearest"]:
         click.echo(f"  nearest {n['score']:.3f} [{n['route']}] {n['example'][:100]}")
 

@@ -66,6 +66,16 @@ def function_tools(request: Request) -> list[dict[str, Any]]:
             for t in request.get("tools") or [] if isinstance(t, dict) and t.get("input_schema")]
 
 
+def output_schema(request: Request) -> dict[str, Any] | None:
+    """The JSON schema the answer must follow: Anthropic's structured outputs field
+    ``output_format: {"type": "json_schema", "schema": ...}``, or None."""
+    output_format = request.get("output_format")
+    if not isinstance(output_format, dict) or output_format.get("type") != "json_schema":
+        return None
+    schema = output_format.get("schema")
+    return schema if isinstance(schema, dict) else None
+
+
 def parse_arguments(raw: Any) -> dict[str, Any]:
     """Tool-call arguments as a dict.
 

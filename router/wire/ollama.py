@@ -85,6 +85,9 @@ def to_ollama_request(request: Request, target: TargetConfig, stream: bool) -> d
     tools = chat.function_tools(request)
     if tools and (request.get("tool_choice") or {}).get("type") != "none":
         body["tools"] = tools
+    schema = chat.output_schema(request)
+    if schema is not None:
+        body["format"] = schema  # Ollama's structured outputs: the schema itself, not OpenAI's wrapper
     if target.keep_alive is not None:
         body["keep_alive"] = target.keep_alive
     return body

@@ -47,6 +47,7 @@ from .chat_common import (
     message_skeleton,
     new_message_id,
     new_tool_id,
+    output_schema,
     parse_arguments,
     tool_result_text,
 )
@@ -652,6 +653,10 @@ def to_openai_request(request: Request, target: TargetConfig, stream: bool,
             body[key] = request[key]
     if request.get("stop_sequences"):
         body["stop"] = request["stop_sequences"]
+    schema = output_schema(request)
+    if schema is not None:
+        # OpenAI's structured outputs shape; llama.cpp's server and vLLM turn the schema into a grammar.
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
     tools = function_tools(request)
     if tools:
         body["tools"] = tools

@@ -26,11 +26,13 @@ from aibox_router.config_load import parse_config
 from aibox_router.cost import SqliteLedger, day_of
 from aibox_router.embeddings import EmbeddingCache, EmbeddingClient
 from tests.doubles.fake_ollama import FakeOllama, absent_url
+from tests.support.loopback_app import serve_on_loopback
 from tests.support.router_process import RouterProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 TURN = [json.loads((ROOT / f"tests/fixtures/claude_code/turn-0{i}.json").read_text()) for i in (1, 2, 3)]
 EVAL_SET = ROOT / "tests/fixtures/routing/eval-prompts.jsonl"
+HELDOUT_SET = ROOT / "tests/fixtures/routing/heldout-prompts.jsonl"
 KEY = "semantic-client-key-0123456789"
 
 
@@ -101,6 +103,8 @@ async def test_classifier_places_turns_and_shows_its_evidence(minilm_url, shared
         await classifier.aclose()
     assert (match.route, match.source) == (route, "embedding")
     assert match.score == max(match.scores.values()) and 0 < match.margin < 1
+    part = match.parts[match.route]  # the score is the embedding part plus the weighted word part
+    assert abs(part["semantic"] + part["lexical"] - match.score) < 1e-9 and part["lexical"] >= 0
     assert len(match.nearest) == 5 and all(n.example for n in match.nearest)
     assert match.nearest[0].score >= match.nearest[-1].score
 
@@ -132,12 +136,7 @@ async def _hanging_server() -> tuple[web.AppRunner, str]:
 
     app = web.Application()
     app.router.add_post("/api/embed", hang)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+    return await serve_on_loopback(app)
 
 
 async def test_a_slow_embedding_backend_falls_back_to_keywords_within_the_timeout(minilm_url, shared):
@@ -262,21 +261,33 @@ def _cli(config: dict, tmp_path: Path, *args: str) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=600, check=False)
 
 
-def test_route_eval_on_the_projects_labelled_set_meets_the_routing_targets(minilm_url, tmp_path):
-    """The default policies on the project's 225 labelled prompts, inside the recorded Claude Code body."""
-    result = _cli(default_config(minilm_url, tmp_path / "state"), tmp_path, "eval", str(EVAL_SET), "--json",
+def _eval_in_claude_code_body(minilm_url: str, tmp_path: Path, labelled: Path) -> dict:
+    result = _cli(default_config(minilm_url, tmp_path / "state"), tmp_path, "eval", str(labelled), "--json",
                   "--wrap", str(ROOT / "tests/fixtures/claude_code/turn-01.json"))
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_route_eval_on_the_projects_labelled_set_meets_the_routing_targets(minilm_url, tmp_path):
+    """The default policies on the project's 225 labelled prompts, inside the recorded Claude Code body."""
+    summary = _eval_in_claude_code_body(minilm_url, tmp_path, EVAL_SET)
     assert summary["prompts"] == 225 and summary["keyword_fallbacks"] == 0
     assert set(summary["per_route"]) == {"code", "debug", "docs", "explain", "chores", "architecture",
                                          "troubleshooting", "planning", "cross_codebase"}
     assert summary["cloud_recall"] >= 0.90
     assert summary["local_kept"] >= 0.80
-    assert summary["locality_agreement"] >= 0.93
-    assert summary["agreement"] >= 0.80
+    assert summary["locality_agreement"] >= 0.95
+    assert summary["agreement"] >= 0.90  # 92.4% measured (benchmarks/routing.py); 84% before
     assert sum(sum(row.values()) for row in summary["confusion"].values()) == 225
     assert not (tmp_path / "state").exists()  # eval records nothing
+
+
+def test_route_eval_on_the_held_out_set_generalises(minilm_url, tmp_path):
+    """The 99 prompts never tuned on (tests/fixtures/routing/README.md) keep the routing targets too."""
+    summary = _eval_in_claude_code_body(minilm_url, tmp_path, HELDOUT_SET)
+    assert summary["prompts"] == 99 and summary["keyword_fallbacks"] == 0
+    assert summary["cloud_recall"] >= 0.90 and summary["local_kept"] >= 0.80
+    assert summary["agreement"] >= 0.88  # 92.9% measured; 87.9% with the first classifier
 
 
 def test_route_eval_text_report_and_labels(minilm_url, tmp_path):
@@ -309,6 +320,7 @@ def test_route_explain_shows_nearest_examples_margin_judge_and_rule(minilm_url, 
     assert "route: troubleshooting via embedding (score" in out and "margin" in out
     assert "judge: not asked" in out
     assert out.count("  nearest ") == 5
+    assert "route scores (embedding + words): troubleshooting" in out and " + words " in out
     assert "MATCH claude-reserved" in out
     result = _cli(default_config(absent_url(), tmp_path / "state"), tmp_path, "explain", str(path), "--json")
     route = json.loads(result.stdout)["route"]

@@ -4,6 +4,7 @@ feature in rules, the eval figures and the ledger's route columns."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from aibox_router.cost import LedgerRow, SqliteLedger
 from aibox_router.errors import ConfigError
 from aibox_router.features import Features
 from aibox_router.route_eval import EvalItem, EvalReport, EvalResult, load_items, wrap_in
+from aibox_router.route_lexical import LexicalScorer, words
 from aibox_router.rules import RouteDecision, RuleEngine
 from aibox_router.turns import TurnCache, turn_key
 
@@ -45,6 +47,24 @@ def test_reminders_command_output_and_pasted_blocks_are_cut():
     assert cleaned.startswith("Why does this crash?") and cleaned.endswith("Please find the cause")
 
 
+def test_unfenced_pasted_logs_and_code_are_cut_and_prose_and_lists_stay():
+    log = "\n".join(f"2026-11-30 02:{i:02d}:11 ERROR worker-{i} lost connection to broker" for i in range(40))
+    cleaned = clean_turn_text(f"The worker dies every night, here is the log:\n{log}\nwhat is going on?")
+    assert "worker-3 lost" in cleaned and "worker-4 lost" not in cleaned
+    assert "[... 36 pasted lines]" in cleaned
+    assert cleaned.startswith("The worker dies") and cleaned.endswith("what is going on?")
+    code = ("def total(items):\n    result = 0\n    for item in items:\n"
+            "        result += item.price * item.quantity\n    return result\n\n"
+            "import os\ndef load(path):\n    with open(path) as f:\n        return f.read()")
+    cleaned = clean_turn_text(f"Add type hints to this:\n{code}\nand keep it short")
+    assert "def load" not in cleaned and "[... 6 pasted lines]" in cleaned
+    assert cleaned.endswith("keep it short")
+    plan = "Plan the migration:\n" + "\n".join(f"- move the {t} table, then check it" for t in "abcdefgh")
+    assert clean_turn_text(plan) == plan
+    short = 'Why does this fail?\nTraceback (most recent call last):\n  File "a.py", line 1\nKeyError: 1'
+    assert clean_turn_text(short) == short  # a short trace is the user's evidence: kept whole
+
+
 def test_a_long_turn_keeps_both_ends():
     text = "Design the storage layer. " + "filler words " * 500 + "Compare the trade-offs."
     cleaned = clean_turn_text(text)
@@ -61,6 +81,15 @@ def test_tool_result_turns_are_skipped_and_string_content_is_read():
     assert user_turn_text(request) == "Plan the migration"
 
 
+def test_the_lexical_score_weighs_the_words_a_routes_examples_share():
+    scorer = LexicalScorer({"plan": ["Plan the migration of the database", "Plan the rollout in phases"],
+                            "fix": ["Fix the KeyError in the database loader", "Fix the failing test"]})
+    plan, fix = scorer.scores("plan how we migrate the database in phases")
+    assert plan > fix > 0  # "database" is in both routes, "plan" and "phases" only in one
+    assert scorer.scores("bake bread") == [0.0, 0.0]
+    assert words("Planning the plans we planned") == ["plan", "plan", "plan"]
+
+
 # -- config checks ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("change,message", [
@@ -74,6 +103,7 @@ def test_tool_result_turns_are_skipped_and_string_content_is_read():
      "routing.embeddings.backend: backend 'cloud' is of type 'anthropic', which serves no embeddings"),
     (lambda d: d["routing"]["embeddings"].update(backend="gpu-box"), "routing.embeddings.backend: unknown backend"),
     (lambda d: d["routing"]["embeddings"].update(timeout_ms=5), "routing.embeddings.timeout_ms: expected 10 to 60000"),
+    (lambda d: d["routing"].update(lexical_weight=5), "routing.lexical_weight: expected 0 to 2"),
     (lambda d: d["routes"][1]["examples"].append(d["routes"][0]["examples"][0]),
      "is given for both 'code' and 'debug'"),
 ])
@@ -101,6 +131,30 @@ def test_eval_set_is_separate_from_the_route_examples_and_covers_every_route():
     assert len(items) >= 200
     assert not [i.prompt for i in items if i.prompt.strip().lower() in examples]
     assert {i.want for i in items} == {r.name for r in cfg.routes}
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9_]+", text.lower()))
+
+
+def _overlap(a: str, b: str) -> float:
+    x, y = _words(a), _words(b)
+    return len(x & y) / len(x | y)
+
+
+def test_held_out_set_covers_every_route_and_repeats_neither_the_first_set_nor_the_examples():
+    cfg = parse_config(default_data(), "router.yml", env={})
+    held_out = load_items(ROOT / "tests/fixtures/routing/heldout-prompts.jsonl")
+    others = [i.prompt for i in load_items(ROOT / "tests/fixtures/routing/eval-prompts.jsonl")]
+    others += [e for r in cfg.routes for e in r.examples]
+    assert len(held_out) >= 60
+    assert {i.want for i in held_out} == {r.name for r in cfg.routes}
+    # A prompt sharing 70% of its words with one of the others is a copy, not a held-out prompt.
+    copies = [(i.prompt, o) for i in held_out for o in others if _overlap(i.prompt, o) >= 0.7]
+    assert not copies
+    # ...and the measure does catch a near copy:
+    assert _overlap("Delete the stale feature branches that are merged",
+                    "delete the stale branches that are merged") >= 0.7
 
 
 # -- rules read the route ------------------------------------------------------------------------------
