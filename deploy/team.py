@@ -23,6 +23,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 GROUP_VARS = REPO / "inventory" / "group_vars" / "aibox"
 ROLE_DEFAULTS = REPO / "roles" / "router" / "defaults" / "main.yml"
+# The router's shipped config: the role's routing plan defaults are read from it (one copy of the
+# plan), so the deploy reads the targets there too when the inventory does not set its own.
+ROUTER_SHIPPED_CONFIG = REPO / "router" / "defaults" / "config.yml"
 LOCAL = "@local"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Continue roles by target when team_continue_roles does not name it: cloud targets chat and edit,
@@ -114,7 +117,9 @@ def _router_var(name: str, default: Any) -> Any:
 
 
 def _targets(continue_roles: dict[str, list[str]], source: Path) -> dict[str, Target]:
-    raw = _router_var("router_targets", {})
+    raw = _router_var("router_targets", None)
+    if raw is None:  # the role's default: the targets of the router's shipped config
+        raw = _load_yaml(ROUTER_SHIPPED_CONFIG).get("targets") or {}
     targets = {}
     for name, spec in raw.items():
         backend = str(spec.get("backend", ""))
