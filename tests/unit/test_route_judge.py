@@ -13,13 +13,13 @@ import yaml
 from aiohttp import web
 
 from aibox_router.backends import create_backend
-from aibox_router.wire.ollama import to_ollama_request
-from aibox_router.wire.openai_chat import to_openai_request
 from aibox_router.classifier import RouteMatch
 from aibox_router.cli.common import default_config_path
 from aibox_router.config_load import parse_config
 from aibox_router.errors import ConfigError
 from aibox_router.judge import answer_schema, consult, judge_prompt, judge_request, pick_route
+from aibox_router.wire.ollama import to_ollama_request
+from aibox_router.wire.openai_chat import to_openai_request
 from tests.doubles.fake_ollama import FakeOllama, Reply
 from tests.support.loopback_app import serve_on_loopback
 
