@@ -300,12 +300,18 @@ def final_checks(fuzz: Fuzz, anthropic: FakeAnthropic, ollama: FakeOllama) -> li
     ledger_text = json.dumps(db.execute("SELECT * FROM requests").fetchall())
     calls = sum(1 for r in anthropic.requests if r.path == "/v1/messages") + len(ollama.requests)
     out.append(Result("ledger rows == upstream calls", rows == calls, f"{rows} rows, {calls} upstream calls"))
-    # A call reserving about $0.03 of the $0.05 budget is admitted only if nothing is left in flight.
+    # Every request has ended: the router must hold no reservation (read from its own gauges), and a
+    # cloud call whose worst case (~$0.025: 4096 overhead tokens at the 1-hour cache write rate) fits
+    # in what is left of the $0.05 budget must be admitted. Any stuck reservation is >= ~$0.025.
+    gauges = _gauges(router)
     before = len(anthropic.requests)
     r = httpx.post(f"{router.url}/v1/messages", headers={"x-api-key": KEY, "x-aibox-target": "claude"},
-                   json={"model": "x", "max_tokens": 2000, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
-    out.append(Result("no reservation stuck in flight", r.status_code == 200 and len(anthropic.requests) == before + 1,
-                      f"{r.status_code} {r.headers.get('x-aibox-target')}"))
+                   json={"model": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    held = (gauges.get("aibox_router_budget_reserved_usd"), gauges.get("aibox_router_cloud_calls_in_flight"))
+    out.append(Result("no reservation stuck in flight",
+                      held == (0.0, 0.0) and r.status_code == 200 and len(anthropic.requests) == before + 1,
+                      f"reserved ${held[0]}, {held[1]} in flight; probe {r.status_code} "
+                      f"{r.headers.get('x-aibox-target')}"))
     upstream_text = json.dumps([r.headers for r in anthropic.requests]) + json.dumps(ollama.requests)
     logs = router.logs()
     for key in (KEY, LIMITED_KEY):
@@ -314,6 +320,13 @@ def final_checks(fuzz: Fuzz, anthropic: FakeAnthropic, ollama: FakeOllama) -> li
         out.append(Result(f"client key {key[:10]}... leaked nowhere", not leaked, ", ".join(leaked)))
     out.append(Result("no traceback in the log", "Traceback" not in logs, ""))
     return out
+
+
+def _gauges(router: RouterProcess) -> dict[str, float]:
+    """The router's unlabelled gauges from /metrics."""
+    text = httpx.get(f"{router.url}/metrics", headers={"x-api-key": KEY}, timeout=5).text
+    return {name: float(value) for name, _, value in (line.partition(" ") for line in text.splitlines())
+            if name.startswith("aibox_router_") and "{" not in name}
 
 
 def main() -> None:
