@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.doubles.fake_anthropic import FakeAnthropic, Reply
 from tests.doubles.fake_ollama import FakeOllama
+from tests.support.gauges import reservations
 from tests.support.hostile_cases import (
     ANTHROPIC_BODY,
     ANTHROPIC_FIELDS,
@@ -344,11 +345,10 @@ def final_checks(fuzz: Fuzz, anthropic: FakeAnthropic, ollama: FakeOllama) -> li
     # Every request has ended: the router must hold no reservation (read from its own gauges), and a
     # cloud call whose worst case (~$0.025: 4096 overhead tokens at the 1-hour cache write rate) fits
     # in what is left of the $0.05 budget must be admitted. Any stuck reservation is >= ~$0.025.
-    gauges = _gauges(router)
+    held = reservations(httpx.get(f"{router.url}/metrics", headers={"x-api-key": KEY}, timeout=5).text)
     before = len(anthropic.requests)
     r = httpx.post(f"{router.url}/v1/messages", headers={"x-api-key": KEY, "x-aibox-target": "claude"},
                    json={"model": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
-    held = (gauges.get("aibox_router_budget_reserved_usd"), gauges.get("aibox_router_cloud_calls_in_flight"))
     out.append(Result("no reservation stuck in flight",
                       held == (0.0, 0.0) and r.status_code == 200 and len(anthropic.requests) == before + 1,
                       f"reserved ${held[0]}, {held[1]} in flight; probe {r.status_code} "
@@ -361,13 +361,6 @@ def final_checks(fuzz: Fuzz, anthropic: FakeAnthropic, ollama: FakeOllama) -> li
         out.append(Result(f"client key {key[:10]}... leaked nowhere", not leaked, ", ".join(leaked)))
     out.append(Result("no traceback in the log", "Traceback" not in logs, ""))
     return out
-
-
-def _gauges(router: RouterProcess) -> dict[str, float]:
-    """The router's unlabelled gauges from /metrics."""
-    text = httpx.get(f"{router.url}/metrics", headers={"x-api-key": KEY}, timeout=5).text
-    return {name: float(value) for name, _, value in (line.partition(" ") for line in text.splitlines())
-            if name.startswith("aibox_router_") and "{" not in name}
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.doubles.fake_anthropic import Reply
 from tests.doubles.fake_ollama import FakeOllama
+from tests.support.gauges import reservations
 from tests.support.router_process import RouterProcess
 
 KEY = "budget-client-key-0123456789"
@@ -134,9 +135,7 @@ def reservations_held(router: RouterProcess, settle_s: float = 5.0) -> tuple[flo
     """(reserved USD, cloud calls in flight) from /metrics once they reach 0, or after *settle_s*."""
     deadline = time.monotonic() + settle_s
     while True:
-        lines = dict(line.split(" ") for line in httpx.get(f"{router.url}/metrics").text.splitlines()
-                     if line and line[0] != "#")
-        held = float(lines["aibox_router_budget_reserved_usd"]), float(lines["aibox_router_cloud_calls_in_flight"])
+        held = reservations(httpx.get(f"{router.url}/metrics").text)
         if held == (0.0, 0.0) or time.monotonic() > deadline:
             return held
         time.sleep(0.1)

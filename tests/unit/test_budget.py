@@ -20,6 +20,7 @@ from aibox_router.cost.alerts import Alert, Alerter
 from aibox_router.cost.ledger import CutoffState
 from aibox_router.internal import Usage
 from aibox_router.metrics import Metrics
+from tests.support.gauges import reservations
 
 # test-cloud: $1 input / $5 output per million tokens, so 20 000 output tokens cost exactly $0.10.
 TENTH = 20_000
@@ -177,8 +178,7 @@ async def test_reservations_in_flight_are_exported_as_gauges(tmp_path: Path) -> 
     cc = CostControl.open(make_config(tmp_path), clock=clock, metrics=metrics, alerter=RecordingAlerter())
 
     def gauges() -> tuple[float, float]:
-        lines = dict(line.split(" ") for line in metrics.render()[0].decode().splitlines() if line[0] != "#")
-        return float(lines["aibox_router_budget_reserved_usd"]), float(lines["aibox_router_cloud_calls_in_flight"])
+        return reservations(metrics.render()[0].decode())
 
     first, second = await admit(cc), await admit(cc, max_tokens=TENTH // 2)  # $0.10 and $0.05
     assert gauges() == (pytest.approx(0.15), 2.0)

@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from aibox_router.config_load import parse_config
 from aibox_router.server import create_app
 from tests.doubles.fake_ollama import FakeOllama
+from tests.support.gauges import reservations
 from tests.support.hostile_cases import (
     ANTHROPIC_BODY,
     ANTHROPIC_FIELDS,
@@ -447,9 +448,7 @@ def test_hardening_keys_are_checked_with_their_paths(tmp_path):
 
 def reservation_gauges(client: TestClient) -> tuple[float, float]:
     """(reserved USD, cloud calls in flight) as the router exports them."""
-    text = client.get("/metrics", headers={"x-api-key": KEY}).text
-    lines = dict(line.split(" ") for line in text.splitlines() if line and line[0] != "#")
-    return float(lines["aibox_router_budget_reserved_usd"]), float(lines["aibox_router_cloud_calls_in_flight"])
+    return reservations(client.get("/metrics", headers={"x-api-key": KEY}).text)
 
 
 @pytest.mark.parametrize("stream", [False, True])
