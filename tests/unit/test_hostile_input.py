@@ -25,7 +25,6 @@ from starlette.testclient import TestClient
 from aibox_router.config_load import parse_config
 from aibox_router.server import create_app
 from tests.doubles.fake_ollama import FakeOllama
-from tests.support.gauges import reservations
 from tests.support.hostile_cases import (
     ANTHROPIC_BODY,
     ANTHROPIC_FIELDS,
@@ -447,8 +446,10 @@ def test_hardening_keys_are_checked_with_their_paths(tmp_path):
 
 
 def reservation_gauges(client: TestClient) -> tuple[float, float]:
-    """(reserved USD, cloud calls in flight) as the router exports them."""
-    return reservations(client.get("/metrics", headers={"x-api-key": KEY}).text)
+    """(reserved USD, cloud calls in flight) of this app's cost control (the /metrics gauges follow
+    whichever app registered last; other tests of this module start apps of their own)."""
+    snap = client.app.state.router.runtime.accounting.snapshot()
+    return float(snap.reserved_usd), float(snap.in_flight)
 
 
 @pytest.mark.parametrize("stream", [False, True])
