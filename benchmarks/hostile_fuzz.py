@@ -8,7 +8,8 @@ reservation is left in flight.
 
 Cases: a wrong-typed value for every field of both protocols (from tests/support/hostile_cases.py),
 the review's specific inputs (deep nesting, hostile model names, missing ids, oversize bodies and
-heads, slow drips), authentication and routing abuse, and a burst of concurrent requests.
+heads, slow drips), authentication and routing abuse, cloud calls that fail or are abandoned, and a
+burst of concurrent requests.
 
 Usage: .venv/bin/python benchmarks/hostile_fuzz.py [--json OUT]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import socket
 import sqlite3
@@ -31,8 +33,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.doubles.fake_anthropic import FakeAnthropic
+from tests.doubles.fake_anthropic import FakeAnthropic, Reply
 from tests.doubles.fake_ollama import FakeOllama
+from tests.support.gauges import reservations
 from tests.support.hostile_cases import (
     ANTHROPIC_BODY,
     ANTHROPIC_FIELDS,
@@ -222,6 +225,45 @@ class Fuzz:
                 self.results.append(Result(f"model {model!r} stream={stream}", ok,
                                            f"{r.status_code} rule={r.headers.get('x-aibox-rule')}"))
 
+    def cloud_failures(self, anthropic: FakeAnthropic) -> None:
+        """Cloud calls that end badly, one at a time (each holds about half the $0.05 budget while in
+        flight): upstream errors, a stream cut or ended by an error event, and clients that leave
+        before the answer. Each must settle and free its reservation (checked after the run)."""
+        headers = {"x-api-key": KEY, "x-aibox-target": "claude"}
+
+        def body(stream: bool) -> dict[str, Any]:
+            return {"model": "x", "max_tokens": 50, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+
+        for stream in (False, True):
+            for status in (400, 500, 529):
+                anthropic.replies.append(Reply.error(status))
+                r = self.http.post("/v1/messages", json=body(stream), headers=headers)
+                self.results.append(Result(f"cloud upstream {status} stream={stream}", r.status_code // 100 in (4, 5),
+                                           f"{r.status_code}"))
+        for label, reply in (("error event mid-stream", Reply(stream_error="overloaded_error")),
+                             ("stream cut mid-answer", Reply(cut_after_events=3))):
+            anthropic.replies.append(reply)
+            r = self.http.post("/v1/messages", json=body(True), headers=headers)
+            self.results.append(Result(f"cloud {label}", r.status_code == 200 and "event: error" in r.text
+                                       and "event: message_stop" not in r.text,
+                                       f"{r.status_code}"))
+        anthropic.delay_s = 1.0
+        try:
+            for stream in (False, True):
+                try:
+                    self.http.post("/v1/messages", json=body(stream), headers=headers, timeout=0.3)
+                    left = False
+                except httpx.TimeoutException:
+                    left = True
+                time.sleep(1.5)  # the upstream answers; the router settles the abandoned call
+                self.results.append(Result(f"cloud call abandoned by its client stream={stream}", left, ""))
+        finally:
+            anthropic.delay_s = 0.0
+        with self.http.stream("POST", "/v1/messages", json=body(True), headers=headers) as r:
+            first = next(r.iter_bytes(), b"")  # read the head and the first events, then hang up
+        self.results.append(Result("cloud stream abandoned mid-answer", r.status_code == 200 and bool(first),
+                                   f"{r.status_code}"))
+
     def transport(self) -> None:
         head = (b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: " + KEY.encode()
                 + b"\r\ncontent-type: application/json\r\n")
@@ -294,12 +336,17 @@ def final_checks(fuzz: Fuzz, anthropic: FakeAnthropic, ollama: FakeOllama) -> li
     ledger_text = json.dumps(db.execute("SELECT * FROM requests").fetchall())
     calls = sum(1 for r in anthropic.requests if r.path == "/v1/messages") + len(ollama.requests)
     out.append(Result("ledger rows == upstream calls", rows == calls, f"{rows} rows, {calls} upstream calls"))
-    # A call reserving about $0.03 of the $0.05 budget is admitted only if nothing is left in flight.
+    # Every request has ended: the router must hold no reservation (read from its own gauges), and a
+    # cloud call whose worst case (~$0.025: 4096 overhead tokens at the 1-hour cache write rate) fits
+    # in what is left of the $0.05 budget must be admitted. Any stuck reservation is >= ~$0.025.
+    held = reservations(httpx.get(f"{router.url}/metrics", headers={"x-api-key": KEY}, timeout=5).text)
     before = len(anthropic.requests)
     r = httpx.post(f"{router.url}/v1/messages", headers={"x-api-key": KEY, "x-aibox-target": "claude"},
-                   json={"model": "x", "max_tokens": 2000, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
-    out.append(Result("no reservation stuck in flight", r.status_code == 200 and len(anthropic.requests) == before + 1,
-                      f"{r.status_code} {r.headers.get('x-aibox-target')}"))
+                   json={"model": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    out.append(Result("no reservation stuck in flight",
+                      held == (0.0, 0.0) and r.status_code == 200 and len(anthropic.requests) == before + 1,
+                      f"reserved ${held[0]}, {held[1]} in flight; probe {r.status_code} "
+                      f"{r.headers.get('x-aibox-target')}"))
     upstream_text = json.dumps([r.headers for r in anthropic.requests]) + json.dumps(ollama.requests)
     logs = router.logs()
     for key in (KEY, LIMITED_KEY):
@@ -320,8 +367,9 @@ def main() -> None:
         with router:
             fuzz = Fuzz(router)
             for step in (fuzz.wrong_types, fuzz.review_cases, fuzz.auth_and_routing, fuzz.hostile_model_names,
-                         fuzz.transport, fuzz.slowloris, fuzz.burst):
-                print(f"==> {step.__name__}", file=sys.stderr, flush=True)
+                         functools.partial(fuzz.cloud_failures, anthropic), fuzz.transport, fuzz.slowloris,
+                         fuzz.burst):
+                print(f"==> {getattr(step, '__name__', None) or step.func.__name__}", file=sys.stderr, flush=True)
                 step()
             checks = final_checks(fuzz, anthropic, ollama)
     results = fuzz.results + checks

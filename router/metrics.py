@@ -15,6 +15,8 @@ Exported names (all prefixed ``aibox_router_``)::
     spend_today_usd                       cloud spend of the current budget day
     budget_remaining_usd                  daily budget minus today's spend, never below 0
     cutoff_engaged                        1 while the emergency cutoff holds
+    budget_reserved_usd                   worst cases held by cloud calls in flight (today)
+    cloud_calls_in_flight                 cloud calls admitted and not yet settled
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class BudgetGauges:
     spend_today_usd: float
     budget_remaining_usd: float
     cutoff_engaged: bool
+    reserved_usd: float = 0.0
+    calls_in_flight: int = 0
 
 
 class _BudgetCollector(Collector):
@@ -54,6 +58,11 @@ class _BudgetCollector(Collector):
                                 value=g.budget_remaining_usd)
         yield GaugeMetricFamily(PREFIX + "cutoff_engaged", "1 while the emergency cutoff refuses cloud calls.",
                                 value=1.0 if g.cutoff_engaged else 0.0)
+        # Stays above 0 with no traffic only if a call's reservation was never released.
+        yield GaugeMetricFamily(PREFIX + "budget_reserved_usd",
+                                "Worst-case cost held by today's cloud calls in flight, in USD.", value=g.reserved_usd)
+        yield GaugeMetricFamily(PREFIX + "cloud_calls_in_flight", "Cloud calls admitted and not yet settled.",
+                                value=g.calls_in_flight)
 
 
 class Metrics:

@@ -276,6 +276,19 @@ class _Call:
         self._settled = True
         rec = self.record
         rec.usage = self.ctx.usage
+        rec.status, rec.http_status, rec.error = status, http_status, error[:500]
+        try:
+            self._complete_record(status)
+        except Exception:  # the record is only less complete: settling (and releasing) must still happen
+            log.exception("could not complete the record of a %s call to %s", status, self.target_name)
+        try:
+            await self.runtime.accounting.settle(self.reservation, rec)
+        except Exception:  # the answer was served; a ledger failure is logged loudly, not turned into a 500
+            log.exception("ledger: could not settle a %s call to %s", status, self.target_name)
+
+    def _complete_record(self, status: str) -> None:
+        """Timing, energy, and the usage estimate of a call that ended without its final counts."""
+        rec = self.record
         # Refused, 4xx, 5xx and unreachable calls are not billed; a call abandoned while the backend
         # may be working on it is, and so is a cloud stream that failed after the API began it.
         if not self.final_usage_seen and (
@@ -284,14 +297,9 @@ class _Call:
         now = time.perf_counter()
         rec.latency_ms = (now - self.started) * 1000
         rec.ttft_ms = (self.first_token - self.started) * 1000 if self.first_token else None
-        rec.status, rec.http_status, rec.error = status, http_status, error[:500]
         if self._energy0 is not None and self.runtime.gpu is not None:
             # None when the counter is unreadable or went backwards (driver reload): unknown, not 0 J.
             rec.energy_j = energy_between(self._energy0, self.runtime.gpu.energy_joules())
-        try:
-            await self.runtime.accounting.settle(self.reservation, rec)
-        except Exception:  # the answer was served; a ledger failure is logged loudly, not turned into a 500
-            log.exception("ledger: could not settle a %s call to %s", status, self.target_name)
 
 
 # Bytes of output per token when the router must estimate (English prose is ~4, code ~3.5, CJK
@@ -475,11 +483,13 @@ async def complete(runtime: Runtime, request: Request, *, client: str, protocol:
             await asyncio.shield(call.settle("aborted" if isinstance(e, asyncio.CancelledError) else "error",
                                              499 if isinstance(e, asyncio.CancelledError) else 500, repr(e)))
             raise
-        call.ctx.usage.update_from(message.get("usage"))
-        call.final_usage_seen = True
-        call.first_token = call.first_token or time.perf_counter()
-        runtime.backend_health.call_succeeded(call.target.backend)
-        await call.settle("ok")
+        try:
+            call.ctx.usage.update_from(message.get("usage"))
+            call.final_usage_seen = True
+            call.first_token = call.first_token or time.perf_counter()
+            runtime.backend_health.call_succeeded(call.target.backend)
+        finally:  # the upstream answered: settle it as answered whatever the book-keeping did
+            await asyncio.shield(call.settle("ok"))
         return _noted(call.outcome(plan, message=message), passed.refusals, passed.failures)
     raise await _no_target_error(runtime, plan, protocol, False, passed.refusals, passed.failures, passed.kinds)
 
@@ -497,8 +507,9 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
     passed = _PassedOver()
     async for call in _attempts(runtime, plan, request, protocol, True, passed.refusals, forward_headers,
                                 passed.kinds):
-        upstream = call.backend.stream(call.body, call.target, call.ctx)
+        upstream: AsyncIterator[StreamEvent] | None = None
         try:
+            upstream = call.backend.stream(call.body, call.target, call.ctx)
             first = await upstream.__anext__()
         except BackendUnavailable as e:
             await _pass_over(call, e, passed.failures)
@@ -513,9 +524,14 @@ async def open_stream(runtime: Runtime, request: Request, *, client: str, protoc
         except BaseException as e:
             await asyncio.shield(call.settle("error", 500, repr(e)))
             raise
-        runtime.backend_health.call_succeeded(call.target.backend)
-        return _noted(call.outcome(plan, events=_relay(call, first, upstream, _stream_limits(runtime, call, request)),
-                                   upstream=upstream), passed.refusals, passed.failures)
+        try:
+            runtime.backend_health.call_succeeded(call.target.backend)
+            events = _relay(call, first, upstream, _stream_limits(runtime, call, request))
+        except BaseException as e:  # nothing will iterate the stream: close it and settle here
+            await _close_quietly(upstream, call)
+            await asyncio.shield(call.settle("error", 500, repr(e)))
+            raise
+        return _noted(call.outcome(plan, events=events, upstream=upstream), passed.refusals, passed.failures)
     raise await _no_target_error(runtime, plan, protocol, True, passed.refusals, passed.failures, passed.kinds)
 
 
@@ -604,13 +620,17 @@ async def _relay(call: _Call, first: StreamEvent, upstream: AsyncIterator[Stream
         status, http_status, error = "error", 502, e.reason
         raise
     finally:
-        closer = getattr(upstream, "aclose", None)
-        if closer is not None:
-            try:
-                await closer()
-            except Exception as e:  # noqa: BLE001 - the stream is over either way; settle must still run
-                log.debug("closing the upstream stream of %s: %s", call.target_name, e)
+        await _close_quietly(upstream, call)
         await asyncio.shield(call.settle(status, http_status, error))
+
+
+async def _close_quietly(upstream: AsyncIterator[StreamEvent] | None, call: _Call) -> None:
+    closer = getattr(upstream, "aclose", None)
+    if closer is not None:
+        try:
+            await closer()
+        except Exception as e:  # noqa: BLE001 - the stream is over either way; settle must still run
+            log.debug("closing the upstream stream of %s: %s", call.target_name, e)
 
 
 def explain(plan: Plan, runtime: PlanningRuntime) -> dict[str, Any]:

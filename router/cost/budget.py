@@ -300,7 +300,8 @@ class CostControl:
     def _gauges(self) -> BudgetGauges:
         s = self.snapshot()
         return BudgetGauges(spend_today_usd=float(s.spend_usd), budget_remaining_usd=float(s.remaining_usd),
-                            cutoff_engaged=s.cutoff_engaged)
+                            cutoff_engaged=s.cutoff_engaged, reserved_usd=float(s.reserved_usd),
+                            calls_in_flight=s.in_flight)
 
     def rule_count_today(self, rule: str) -> int:
         """Requests *rule* sent today (settled in the ledger, plus started with ``rule_started``)."""
@@ -411,10 +412,18 @@ class CostControl:
         in-memory totals still hold the spend so the budget keeps being enforced.
         """
         self._roll()
-        record.cost_usd = cost_usd(find_price(self._config.prices, record.model), record.usage)
         day = day_of(record.ts, self._limits.timezone)
-        row = LedgerRow.from_record(record, day=day, cost_usd=record.cost_usd)
         try:
+            # Everything that can fail sits inside this try: the finally below must release the
+            # reservation whatever happens, or it would hold budget until the router restarts.
+            try:
+                record.cost_usd = cost_usd(find_price(self._config.prices, record.model), record.usage)
+            except Exception:
+                # Unpriceable usage: count the call at its reserved worst case, never at less.
+                record.cost_usd = reservation.amount_usd if reservation is not None else Decimal(0)
+                log.exception("could not price a %s call to %s; counted at its reservation $%s", record.status,
+                              record.model, record.cost_usd)
+            row = LedgerRow.from_record(record, day=day, cost_usd=record.cost_usd)
             await self._store(row, durable=record.cloud)
         except asyncio.CancelledError:
             raise

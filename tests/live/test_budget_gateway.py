@@ -15,6 +15,7 @@ import pytest
 
 from tests.doubles.fake_anthropic import Reply
 from tests.doubles.fake_ollama import FakeOllama
+from tests.support.gauges import reservations
 from tests.support.router_process import RouterProcess
 
 KEY = "budget-client-key-0123456789"
@@ -128,3 +129,46 @@ def test_cutoff_engaged_by_operator_refuses_cloud_without_retry_and_release_rest
         # The report reads the same ledger the daemon wrote: every cloud answer, 1 downgraded local one.
         assert (report["cloud_calls"], report["local_calls"]) == (cloud_answers, 1)
         assert report["refused"] >= 2
+
+
+def reservations_held(router: RouterProcess, settle_s: float = 5.0) -> tuple[float, float]:
+    """(reserved USD, cloud calls in flight) from /metrics once they reach 0, or after *settle_s*."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        held = reservations(httpx.get(f"{router.url}/metrics").text)
+        if held == (0.0, 0.0) or time.monotonic() > deadline:
+            return held
+        time.sleep(0.1)
+
+
+def test_cloud_calls_that_fail_or_are_abandoned_free_their_reservations(tmp_path, fake_anthropic, ollama):
+    """Each call's worst case (~$0.04) holds most of the $0.05 budget, so a reservation left behind by
+    any ending (an upstream 5xx, an error event, a cut stream, a client that hangs up) refuses the next."""
+    router = RouterProcess(config(fake_anthropic.url, ollama.url, daily=0.05, alert=0.04, cutoff=1.0), tmp_path,
+                           env={"BUDGET_TEST_KEY": "sk-ant-test"})
+    body = {"model": "claude-sonnet-4-6", "max_tokens": MAX_TOKENS, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"x-api-key": KEY, "x-aibox-target": "claude-only"}
+    with router:
+        for stream in (False, True):
+            fake_anthropic.replies.append(Reply.error(500))
+            r = httpx.post(f"{router.url}/v1/messages", json={**body, "stream": stream}, headers=headers, timeout=30)
+            assert r.status_code == 502, r.text
+            assert reservations_held(router) == (0.0, 0.0)
+        for reply in (Reply(stream_error="overloaded_error"), Reply(cut_after_events=3)):
+            fake_anthropic.replies.append(reply)
+            r = httpx.post(f"{router.url}/v1/messages", json={**body, "stream": True}, headers=headers, timeout=30)
+            assert r.status_code == 200 and "event: error" in r.text, r.text
+            assert reservations_held(router) == (0.0, 0.0)
+        with httpx.stream("POST", f"{router.url}/v1/messages", json={**body, "stream": True}, headers=headers,
+                          timeout=30) as r:
+            assert r.status_code == 200 and next(r.iter_bytes())  # the answer began; hang up
+        assert reservations_held(router) == (0.0, 0.0)
+        fake_anthropic.delay_s = 1.0
+        for stream in (False, True):
+            with pytest.raises(httpx.TimeoutException):  # leave before the upstream answers
+                httpx.post(f"{router.url}/v1/messages", json={**body, "stream": stream}, headers=headers,
+                           timeout=0.3)
+            assert reservations_held(router) == (0.0, 0.0)
+        fake_anthropic.delay_s = 0.0
+        r = httpx.post(f"{router.url}/v1/messages", json=body, headers=headers, timeout=30)
+        assert r.status_code == 200 and r.headers["x-aibox-backend"] == "cloud", r.text

@@ -20,6 +20,7 @@ from aibox_router.cost.alerts import Alert, Alerter
 from aibox_router.cost.ledger import CutoffState
 from aibox_router.internal import Usage
 from aibox_router.metrics import Metrics
+from tests.support.gauges import reservations
 
 # test-cloud: $1 input / $5 output per million tokens, so 20 000 output tokens cost exactly $0.10.
 TENTH = 20_000
@@ -120,26 +121,72 @@ async def test_concurrent_calls_cannot_overshoot_the_budget(tmp_path: Path) -> N
 
 
 async def test_cheaper_calls_free_their_reservation_but_never_overshoot(tmp_path: Path) -> None:
+    """100 calls arrive in a seeded order while earlier ones are still in flight; in-flight calls
+    settle (several at once, in the writer thread) at a seeded cost below their worst case. The
+    order is driven by the test, not by wall-clock sleeps, so the outcome does not shift with load."""
     clock = FakeClock(T0)
     cc = open_cc(make_config(tmp_path), clock)
-    await cc.settle(None, record(clock, output_tokens=1_900_000))
+    await cc.settle(None, record(clock, output_tokens=1_900_000))  # $9.50 spent: room for 4 worst cases
     rng = random.Random(7)
-    admitted = 0
-
-    async def call() -> None:
-        nonlocal admitted
-        await asyncio.sleep(rng.uniform(0, 0.05))
+    admitted, in_flight = 0, []
+    for _ in range(100):
         adm = await admit(cc)
+        snap = cc.snapshot()
+        assert snap.spend_usd + snap.reserved_usd < Decimal(10)  # never more held than the budget
         if adm.allowed:
             admitted += 1
-            await asyncio.sleep(rng.uniform(0, 0.01))
-            await cc.settle(adm.reservation, record(clock, output_tokens=rng.randint(0, TENTH)))
-
-    await asyncio.gather(*(call() for _ in range(100)))
+            in_flight.append(adm.reservation)
+        if in_flight and (not adm.allowed or rng.random() < 0.3):
+            # A random few of the calls in flight end, concurrently, each cheaper than its worst case.
+            ending = rng.sample(in_flight, rng.randint(1, len(in_flight)))
+            in_flight = [r for r in in_flight if r not in ending]
+            await asyncio.gather(*(cc.settle(r, record(clock, output_tokens=rng.randint(0, TENTH)))
+                                   for r in ending))
+    await asyncio.gather(*(cc.settle(r, record(clock, output_tokens=rng.randint(0, TENTH))) for r in in_flight))
+    snap = cc.snapshot()
     cc.close()
     spent = ledger_spend(tmp_path, "2026-01-15")
     assert admitted > 4  # calls cheaper than their worst case left room for more
-    assert spent < Decimal(10)
+    assert spent < Decimal(10) and spent == snap.spend_usd
+    assert snap.reserved_usd == 0 and snap.in_flight == 0
+
+
+async def test_settle_frees_the_reservation_even_when_pricing_fails(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever goes wrong while settling, the reservation is released (else it would hold budget
+    until a restart) and the call counts at its worst case, never at less."""
+    clock = FakeClock(T0)
+    cc = open_cc(make_config(tmp_path), clock)
+    adm = await admit(cc)  # $0.10
+    assert adm.reservation is not None and cc.snapshot().in_flight == 1
+
+    def broken(*args: Any) -> Decimal:
+        raise ValueError("no price")
+
+    monkeypatch.setattr("aibox_router.cost.budget.cost_usd", broken)
+    await cc.settle(adm.reservation, record(clock, output_tokens=100))
+    snap = cc.snapshot()
+    assert snap.in_flight == 0 and snap.reserved_usd == 0
+    assert snap.spend_usd == Decimal("0.1")
+    cc.close()
+    assert ledger_spend(tmp_path, "2026-01-15") == Decimal("0.1")
+
+
+async def test_reservations_in_flight_are_exported_as_gauges(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    metrics = Metrics()
+    cc = CostControl.open(make_config(tmp_path), clock=clock, metrics=metrics, alerter=RecordingAlerter())
+
+    def gauges() -> tuple[float, float]:
+        return reservations(metrics.render()[0].decode())
+
+    first, second = await admit(cc), await admit(cc, max_tokens=TENTH // 2)  # $0.10 and $0.05
+    assert gauges() == (pytest.approx(0.15), 2.0)
+    await cc.settle(first.reservation, record(clock, output_tokens=10))
+    assert gauges() == (pytest.approx(0.05), 1.0)
+    await cc.settle(second.reservation, record(clock, status="error", http_status=502))
+    assert gauges() == (0.0, 0.0)
+    cc.close()
 
 
 async def test_reservation_is_worst_case_with_output_cap(tmp_path: Path) -> None:

@@ -436,3 +436,27 @@ def test_hardening_keys_are_checked_with_their_paths(tmp_path):
     cfg = parse_config(base, env={})
     assert cfg.server.open_probes_to == ["127.0.0.0/8", "::1"] and cfg.server.metrics_token is None
     assert cfg.client_targets("anyone") is None
+
+
+def reservation_gauges(client: TestClient) -> tuple[float, float]:
+    """(reserved USD, cloud calls in flight) of this app's cost control (the /metrics gauges follow
+    whichever app registered last; other tests of this module start apps of their own)."""
+    snap = client.app.state.router.runtime.accounting.snapshot()
+    return float(snap.reserved_usd), float(snap.in_flight)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failure_after_the_cloud_answered_still_frees_the_reservation(app_client, monkeypatch, stream):
+    """A bug in the router's own book-keeping after the upstream answered (here: noting the backend
+    healthy) is a 500, and the call is still settled: its reservation must not hold budget until a restart."""
+    from aibox_router.backend_health import BackendHealth
+
+    def broken(self, backend):
+        raise ValueError("a bug")
+
+    assert reservation_gauges(app_client) == (0.0, 0.0)
+    monkeypatch.setattr(BackendHealth, "call_succeeded", broken)
+    r = post(app_client, "/v1/messages", {"model": "claude-opus-4", "max_tokens": 20, "stream": stream,
+                                          "messages": [{"role": "user", "content": "hi"}]})
+    assert_anthropic_error(r, 500)
+    assert reservation_gauges(app_client) == (0.0, 0.0)
