@@ -4,7 +4,7 @@
   (the whole command, start to exit: pyinfra start-up, facts, five files written); target <= 20 s;
 * re-run: the same command again; target 0 changes;
 * revocation: from the start of re-rendering the router config with the developer marked absent
-  (ansible-playbook with the router role's preflight and template, as playbooks/team.yml renders it)
+  (ansible-playbook with the router role's config checks and template, as playbooks/team.yml runs them)
   through the reload (SIGHUP) to the first 401 for the old key; target <= 10 s.
 
 The router is the real one on loopback; no model is called (the key check needs none).
@@ -112,7 +112,7 @@ def main() -> None:
     print(f"re-run: median {med('rerun_s'):.1f} s, changes {rerun_changes}   (target 0 changes)")
     print(f"revocation, playbook start -> 401: median {med('revoke_s'):.1f} s, max {top('revoke_s'):.1f} s"
           "   (target <= 10 s)")
-    print(f"  of which rendering (ansible-playbook, router role preflight + template): median "
+    print(f"  of which rendering (ansible-playbook, router role config checks + template): median "
           f"{med('render_s'):.1f} s wall, {med('render_cpu_s'):.1f} s CPU; SIGHUP -> 401: median "
           f"{med('reload_to_401_s') * 1000:.0f} ms")
     print(f"  (load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
