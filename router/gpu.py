@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 from .config import GpuConfig
 from .metrics import register_collector
 
@@ -125,7 +127,7 @@ class GpuMonitor:
             return self._init_error
         if self._nvml is None:
             try:
-                import pynvml
+                import pynvml  # optional: installed only on GPU hosts
             except ImportError:
                 self._init_failed_at, self._init_error = now, "pynvml not installed (pip install nvidia-ml-py)"
                 return self._init_error
@@ -307,8 +309,6 @@ class GpuCollector:
 
     @staticmethod
     def _families(snap: GpuSnapshot | None = None) -> list[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
         labels = ["gpu", "name"]
         available = GaugeMetricFamily("gpu_available", "1 when NVML could read at least one GPU")
         fams: dict[str, Any] = {

@@ -43,6 +43,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from .config import RouterConfig
+from .cost.budget_view import budget_view, money
+from .errors import RouterError
 from .features import TASKS, extract_features
 from .gpu import routing_features
 from .internal import text_of
@@ -89,6 +91,8 @@ class RuntimeHolder:
     async def get(self) -> Any:
         async with self._lock:
             if self._runtime is None:
+                # The daemon's machinery (runtime, pipeline) loads at the first tool call, so the
+                # stdio server answers `initialize` without it.
                 from .runtime import Runtime
 
                 self._runtime = Runtime.open(self.config)
@@ -146,7 +150,7 @@ def local_chain(config: RouterConfig, decision: RouteDecision,
 def plan_local(runtime: Any, request: dict[str, Any], task_type: str, client: str = MCP_CLIENT) -> Any:
     """A pipeline Plan for *request* whose task is *task_type* and whose chain has only local targets
     that *client* may use."""
-    from .pipeline import Plan
+    from .pipeline import Plan  # the pipeline loads at the first tool call (see RuntimeHolder.get)
 
     cfg: RouterConfig = runtime.config
     gpu = routing_features(runtime.gpu, cfg.gpu)
@@ -164,8 +168,7 @@ def plan_local(runtime: Any, request: dict[str, Any], task_type: str, client: st
 
 async def ask_local(source: RuntimeSource, task_type: str, prompt: str, max_tokens: int = 1024,
                     client: str = MCP_CLIENT) -> str:
-    from . import pipeline
-    from .errors import RouterError
+    from . import pipeline  # the pipeline loads at the first tool call (see RuntimeHolder.get)
 
     if task_type not in TASKS:
         raise ToolError(f"task_type must be one of {', '.join(TASKS)}; got {task_type!r}")
@@ -245,8 +248,6 @@ async def list_local_models(source: RuntimeSource, client: str = MCP_CLIENT) -> 
 async def usage_report(source: RuntimeSource, client: str = MCP_CLIENT) -> dict[str, Any]:
     """Today's usage, read from the ledger (so it includes the daemon's traffic, not only this process's):
     the router's totals, and the calling client's own requests and cloud spend."""
-    from .cost.budget_view import budget_view, money
-
     async with source.use() as runtime:
         cfg: RouterConfig = runtime.config
         store = runtime.accounting.store

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from . import pipeline
+from .backends import create_backend
 from .classifier import RouteClassifier
 from .config import RouterConfig
 from .errors import ConfigError
@@ -206,8 +208,6 @@ class _EvalRuntime:
 def _judge_backends(config: RouterConfig) -> dict[str, Any]:
     if config.routing.judge is None:
         return {}
-    from .backends import create_backend
-
     name = config.targets[config.routing.judge.target].backend
     return {name: create_backend(name, config.backends[name])}
 
@@ -233,8 +233,6 @@ async def run_eval(config: RouterConfig, items: list[EvalItem], *, wrap: Any = N
 
 async def _route_all(runtime: _EvalRuntime, config: RouterConfig, items: list[EvalItem], wrap: Any,
                      client: str, report: EvalReport) -> None:
-    from . import pipeline
-
     for item in items:
         request = wrap(item.prompt) if wrap else plain_request(item.prompt)
         body_size = len(json.dumps(request)) if wrap else len(item.prompt) + 100

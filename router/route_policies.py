@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from .features import TASKS
+
 if TYPE_CHECKING:
     from .config import RouterConfig
 
@@ -19,8 +21,6 @@ RESERVED_ROUTE_NAMES = ("none",)
 
 
 def route_problems(cfg: RouterConfig) -> list[str]:
-    from .features import TASKS
-
     problems: list[str] = []
     seen: set[str] = set()
     for i, route in enumerate(cfg.routes):

@@ -19,11 +19,12 @@ from pathlib import Path
 import click
 
 from ..config import RouterConfig
-from ..cost.alerts import Alerter, threshold_alert
+from ..cost.alerts import Alert, Alerter, threshold_alert
 from ..cost.budget import BudgetLimits, day_of, due_alerts
 from ..cost.budget_view import budget_view, dollars
 from ..cost.ledger import LEDGER_FILENAME, CutoffState, LedgerSchemaError, SqliteLedger
-from ..pricing import usd
+from ..cost.report import build_report, day_range, format_report, report_to_json
+from ..pricing import find_price, usd
 from . import config_option
 from .common import load_or_exit
 
@@ -111,9 +112,6 @@ def _check_chart_path(chart: str) -> None:
 def report(config_path: str | None, date_: str | None, days: int, as_json: bool, chart: str | None,
            reference_model: str | None, send: bool) -> None:
     """Spend, local share, savings, latency and availability from the ledger."""
-    from ..cost.report import build_report, day_range, format_report, report_to_json
-    from ..pricing import find_price
-
     cfg = _load_with_ledger(config_path)
     if chart:
         _check_chart_path(chart)
@@ -144,7 +142,7 @@ def report(config_path: str | None, date_: str | None, days: int, as_json: bool,
     else:
         click.echo(text)
     if chart:
-        from ..cost.chart import write_chart
+        from ..cost.chart import write_chart  # matplotlib's module: loaded only when a chart is asked for
 
         try:
             path = write_chart(rep, chart, emergency_cutoff=cfg.budgets.emergency_cutoff)
@@ -154,8 +152,6 @@ def report(config_path: str | None, date_: str | None, days: int, as_json: bool,
 
 
 def _send_report(cfg: RouterConfig, first: str, last: str, text: str) -> None:
-    from ..cost.alerts import Alert
-
     span = first if first == last else f"{first} .. {last}"
     alert = Alert(kind="report", title=f"aibox-router report {span}", message=text, day=last,
                   spend_usd=Decimal(0), budget_usd=usd(cfg.budgets.daily_budget))

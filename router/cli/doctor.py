@@ -23,7 +23,7 @@ def doctor(url: str | None, key: str | None, timeout_s: float, answer_timeout_s:
     may use, MCP tools listed over /mcp, a short request answered, and (warning
     only) Claude Code's MCP registration. Exit status 1 when a check fails.
     """
-    from ..doctor import run_doctor
+    from ..doctor import run_doctor  # httpx, the MCP client side: loaded only when doctor runs
 
     checks, status = run_doctor(url, key, timeout_s, answer_timeout_s)
     for check in checks:

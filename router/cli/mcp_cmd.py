@@ -35,7 +35,7 @@ def mcp(config_path: str | None, transport: str, host: str, port: int) -> None:
     # stdout carries the protocol on stdio: every log line goes to stderr.
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, config.server.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ..mcp_server import serve
+    from ..mcp_server import serve  # the MCP SDK (slow to import): loaded only when mcp runs
 
     try:
         asyncio.run(serve(config, "stdio" if transport == "stdio" else "http", host, port))

@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
+from zoneinfo import ZoneInfo
 
 import click
 
+from ..context import ContextWindows
+from ..errors import ConfigError, RouterError
+from ..rules import RuleEngine
 from . import config_option
 from .common import load_or_exit
 
 if TYPE_CHECKING:  # annotations only: the commands load their machinery when run
     from ..config import RouterConfig
     from ..route_eval import EvalItem, EvalReport
-    from ..rules import RuleEngine
 
 
 @click.group()
@@ -40,9 +44,8 @@ def explain(config_path: str | None, request_file: BinaryIO, protocol: str, clie
             as_json: bool, probe: bool) -> None:
     """Read a request body from REQUEST_FILE (or stdin) and print which rule matches, why, and which
     backend and model would answer. Nothing is sent to any backend and nothing is recorded."""
+    # The planning machinery (pipeline, wire parsers) loads only when the command runs.
     from .. import pipeline
-    from ..errors import RouterError
-    from ..rules import RuleEngine
     from ..wire import anthropic as anthropic_api
     from ..wire import openai_chat as openai_api
 
@@ -163,7 +166,7 @@ def eval_cmd(config_path: str | None, eval_file: str, wrap_file: str | None, as_
     """Route every prompt of EVAL_FILE (JSON Lines of {"prompt", "want"}, want being a route name or
     local/cloud) as a new user turn, and print agreement, a confusion table, per-route precision and
     recall, the local share and decision times. Nothing is sent to a chat backend or recorded."""
-    from ..errors import ConfigError
+    # route_eval pulls in the classifier and its embedding client: loaded only when the command runs.
     from ..route_eval import check_labels, format_report, load_items, wrap_in
 
     config = load_or_exit(config_path)
@@ -189,6 +192,7 @@ def eval_cmd(config_path: str | None, eval_file: str, wrap_file: str | None, as_
 
 
 async def _run(config: RouterConfig, items: list[EvalItem], wrap: Any) -> EvalReport:
+    # Classifier and eval loaded only when the command runs (see eval_cmd).
     from ..classifier import RouteClassifier
     from ..route_eval import run_eval
 
@@ -201,10 +205,7 @@ async def _run(config: RouterConfig, items: list[EvalItem], wrap: Any) -> EvalRe
 
 def _rule_counts(config: RouterConfig) -> tuple[Callable[[str], int], str]:
     """Today's per-rule request counts from the ledger, read-only; zeros when there is no ledger."""
-    import time
-    from zoneinfo import ZoneInfo
-
-    from ..cost import SqliteLedger, day_of
+    from ..cost import SqliteLedger, day_of  # the cost package, only when explain runs
 
     try:
         store = SqliteLedger.in_state_dir(config.server.state_dir, create=False)
@@ -217,7 +218,7 @@ def _rule_counts(config: RouterConfig) -> tuple[Callable[[str], int], str]:
 
 
 async def _probe_windows(runtime: _DryRuntime) -> None:
-    from ..backends import create_backend
+    from ..backends import create_backend  # the HTTP backends, only with --probe
 
     backends = {name: create_backend(name, bc) for name, bc in runtime.config.backends.items()
                 if bc.type == "openai"}
@@ -232,8 +233,8 @@ class _DryRuntime:
     """Just enough of a Runtime for planning: no backends, no ledger, no GPU."""
 
     def __init__(self, config: RouterConfig, rules: RuleEngine) -> None:
+        # Classifier, judge backends and turn cache: daemon parts loaded only when a command runs.
         from ..classifier import RouteClassifier
-        from ..context import ContextWindows
         from ..route_eval import _judge_backends
         from ..turns import TurnCache
 

@@ -17,7 +17,9 @@ import click
 import httpx
 
 from ..config import RouterConfig
-from ..cost.budget_view import summary
+from ..cost import BudgetLimits, CutoffState, SqliteLedger, day_of
+from ..cost.budget_view import BudgetView, budget_view, summary
+from ..gpu import GpuMonitor
 from . import config_option
 from .common import load_or_exit
 
@@ -34,7 +36,7 @@ async def _router(url: str) -> dict[str, Any]:
 
 
 async def _backend(name: str, config: RouterConfig) -> dict[str, Any]:
-    from ..backends import create_backend
+    from ..backends import create_backend  # the HTTP backends: loaded only when status runs
 
     bc = config.backends[name]
     info: dict[str, Any] = {"name": name, "type": bc.type, "url": bc.base_url, "cloud": bc.is_cloud}
@@ -58,9 +60,6 @@ async def _backend(name: str, config: RouterConfig) -> dict[str, Any]:
 
 
 def _budget_from_ledger(config: RouterConfig) -> dict[str, Any]:
-    from ..cost import SqliteLedger
-    from ..cost.budget_view import budget_view
-
     ledger = SqliteLedger.in_state_dir(config.server.state_dir, create=False)
     try:
         view = budget_view(config, ledger, time.time())
@@ -77,10 +76,8 @@ def _budget_from_ledger(config: RouterConfig) -> dict[str, Any]:
 
 
 async def _budget_from_metrics(url: str, config: RouterConfig) -> dict[str, Any]:
+    # The metrics parser is needed only when the ledger cannot be read.
     from prometheus_client.parser import text_string_to_metric_families
-
-    from ..cost import BudgetLimits, CutoffState, day_of
-    from ..cost.budget_view import BudgetView
 
     async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT_S, trust_env=False) as client:
         # /metrics answers loopback without a key; elsewhere it needs server.metrics_token.
@@ -110,8 +107,6 @@ async def _budget(config: RouterConfig, url: str) -> dict[str, Any]:
 
 
 def _gpu(config: RouterConfig) -> dict[str, Any]:
-    from ..gpu import GpuMonitor
-
     monitor = GpuMonitor(config.gpu)
     try:
         snap = monitor.snapshot()

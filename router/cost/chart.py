@@ -115,6 +115,7 @@ def _headline(rep: Report) -> list[tuple[str, str, str]]:
 
 def build_figure(rep: Report, *, emergency_cutoff: float | None = None) -> Figure:
     """The chart as a matplotlib Figure (the tests inspect it; render_png draws it)."""
+    # matplotlib is heavy: imported only when a chart is drawn.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D

@@ -8,7 +8,7 @@ from typing import Any
 
 def draw_chart(summary: dict[str, dict[str, Any]], path: str | Path) -> None:
     """Three panels: tokens/s and time to first token per target, pass rate per task type and target."""
-    import matplotlib
+    import matplotlib  # heavy and needed only for --chart: imported when drawing
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

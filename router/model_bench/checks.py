@@ -106,7 +106,7 @@ def extract_python(answer: str) -> str:
 
 
 def _limit_resources() -> None:  # runs in the child before exec
-    import resource
+    import resource  # used only here, in the child process
 
     resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_LIMIT, _MEMORY_LIMIT))
 
