@@ -66,15 +66,15 @@ class Usage:
         if not usage:
             return
         for key in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
-            value = usage.get(key)
-            if isinstance(value, int):
+            value = token_count(usage.get(key))
+            if value is not None:
                 setattr(self, key, value)
         creation = usage.get("cache_creation")
-        total = usage.get("cache_creation_input_tokens")
+        total = token_count(usage.get("cache_creation_input_tokens"))
         if isinstance(creation, dict):
-            self.cache_creation_input_tokens = _int(creation.get("ephemeral_5m_input_tokens"))
-            self.cache_creation_1h_input_tokens = _int(creation.get("ephemeral_1h_input_tokens"))
-        if isinstance(total, int):
+            self.cache_creation_input_tokens = token_count(creation.get("ephemeral_5m_input_tokens")) or 0
+            self.cache_creation_1h_input_tokens = token_count(creation.get("ephemeral_1h_input_tokens")) or 0
+        if total is not None:
             known = self.cache_creation_input_tokens + self.cache_creation_1h_input_tokens
             if total > known:
                 if self.cache_creation_1h_input_tokens:
@@ -85,8 +85,9 @@ class Usage:
                 # A smaller total than the split (not seen from the real API): trust the total.
                 self.cache_creation_input_tokens, self.cache_creation_1h_input_tokens = total, 0
         server_tools = usage.get("server_tool_use")
-        if isinstance(server_tools, dict) and isinstance(server_tools.get("web_search_requests"), int):
-            self.web_search_requests = server_tools["web_search_requests"]
+        searches = token_count(server_tools.get("web_search_requests")) if isinstance(server_tools, dict) else None
+        if searches is not None:
+            self.web_search_requests = searches
         for key in ("speed", "inference_geo"):
             value = usage.get(key)
             if isinstance(value, str) and value:
@@ -101,8 +102,12 @@ class Usage:
         }
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) else 0
+def token_count(value: Any) -> int | None:
+    """An upstream's count, or None when it is not a count: a negative number (which would lower the
+    recorded spend), a bool (an int subclass in Python), a float or a string are not taken."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from ..config import TargetConfig
-from ..internal import CallContext, Message, Request, StreamEvent
+from ..internal import CallContext, Message, Request, StreamEvent, token_count
 from . import chat_common as chat
 from . import encode_json
 from .ndjson import ndjson_lines
@@ -105,8 +105,7 @@ def _stop_reason(final: dict[str, Any], has_tool_calls: bool) -> str:
 
 def _counts(final: dict[str, Any]) -> tuple[int | None, int | None]:
     # Ollama leaves prompt_eval_count out when the whole prompt came from its cache.
-    prompt, output = final.get("prompt_eval_count"), final.get("eval_count")
-    return (prompt if isinstance(prompt, int) else None, output if isinstance(output, int) else None)
+    return token_count(final.get("prompt_eval_count")), token_count(final.get("eval_count"))
 
 
 def _tool_use(call: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import msgspec
 
 from ..config import TargetConfig
 from ..errors import InvalidRequestError, RouterError
-from ..internal import CallContext, Message, Request, StreamEvent, Usage
+from ..internal import CallContext, Message, Request, StreamEvent, Usage, token_count
 from . import checks, sse
 from .chat_common import (
     URL_IMAGE_NOTE,
@@ -678,10 +678,11 @@ def _usage_from_openai(usage: dict[str, Any] | None) -> tuple[int | None, int | 
     """(input, output, cache_read); OpenAI's prompt_tokens includes the cached part."""
     if not usage:
         return None, None, 0
-    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return (prompt - cached if isinstance(prompt, int) else None,
-            completion if isinstance(completion, int) else None, cached)
+    details = usage.get("prompt_tokens_details")
+    cached = (token_count(details.get("cached_tokens")) if isinstance(details, dict) else None) or 0
+    prompt = token_count(usage.get("prompt_tokens"))
+    return (max(0, prompt - cached) if prompt is not None else None, token_count(usage.get("completion_tokens")),
+            min(cached, prompt) if prompt is not None else cached)
 
 
 def from_openai_response(data: dict[str, Any], request: Request, ctx: CallContext) -> Message:
