@@ -100,28 +100,29 @@ def default_config_path() -> str:
 
 
 @functools.cache
-def embedded_prices() -> tuple[PriceConfig, ...]:
-    """The price table shipped with the router: the ``prices`` of ``defaults/config.yml``, its one home."""
+def _shipped_config() -> dict[str, Any]:
+    """``defaults/config.yml`` parsed once: the embedded prices and budget defaults both come from it
+    (never mutated; callers copy what they hand out)."""
     data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
-    try:
-        return tuple(msgspec.convert(data["prices"], list[PriceConfig], strict=False))
-    except (KeyError, TypeError, msgspec.ValidationError) as e:  # a packaging bug, not an operator's
-        raise ConfigError(f"{DEFAULT_CONFIG_PATH}: prices: the embedded price table is invalid: {e}") from None
+    return data if isinstance(data, dict) else {}
 
 
 @functools.cache
-def _shipped_budgets() -> tuple[tuple[str, Any], ...]:
-    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
-    budgets = data.get("budgets") if isinstance(data, dict) else None
-    if not isinstance(budgets, dict):  # a packaging bug, not an operator's
-        raise ConfigError(f"{DEFAULT_CONFIG_PATH}: budgets: the shipped budget defaults are missing")
-    return tuple(budgets.items())
+def embedded_prices() -> tuple[PriceConfig, ...]:
+    """The price table shipped with the router: the ``prices`` of ``defaults/config.yml``, its one home."""
+    try:
+        return tuple(msgspec.convert(_shipped_config()["prices"], list[PriceConfig], strict=False))
+    except (KeyError, TypeError, msgspec.ValidationError) as e:  # a packaging bug, not an operator's
+        raise ConfigError(f"{DEFAULT_CONFIG_PATH}: prices: the embedded price table is invalid: {e}") from None
 
 
 def embedded_budgets() -> dict[str, Any]:
     """The budget defaults shipped with the router: the ``budgets`` of ``defaults/config.yml``, their
     one home. A config's ``budgets`` keys are laid over them."""
-    return dict(_shipped_budgets())
+    budgets = _shipped_config().get("budgets")
+    if not isinstance(budgets, dict):  # a packaging bug, not an operator's
+        raise ConfigError(f"{DEFAULT_CONFIG_PATH}: budgets: the shipped budget defaults are missing")
+    return dict(budgets)
 
 
 def merge_prices(base: Sequence[PriceConfig], overrides: Sequence[PriceConfig]) -> list[PriceConfig]:
