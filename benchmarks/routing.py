@@ -11,7 +11,10 @@ with the default config's route policies:
   bare request;
 * the cost of planning one request of a known turn (the tool loop: a turn-cache hit) against
   planning it without the route classifier at all, so the difference is what the cache hit adds;
-* the cost of a new turn: the embedding call on loopback plus the rest of planning (p50, p95).
+* the cost of a new turn: the embedding call on loopback plus the rest of planning (p50, p95);
+* 10-fold cross-validation on the route examples themselves (each tenth of every route's examples
+  placed by a classifier built from the rest) for a few values of ``routing.lexical_weight`` and
+  ``routing.description_weight``: how their defaults were chosen, without looking at a labelled set.
 
 With ``--judge smollm2`` (the llama.cpp server with SmolLM2-135M-Instruct that the live tests use,
 tests/support/local_model.py) or ``--judge URL`` (any OpenAI-compatible ``/v1`` base URL, with
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import statistics
 import sys
@@ -40,8 +44,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from aibox_router import pipeline
-from aibox_router.classifier import RouteClassifier
+from aibox_router import pipeline, route_lexical
+from aibox_router.classifier import RouteClassifier, clean_turn_text
 from aibox_router.cli.common import default_config_path
 from aibox_router.config_load import parse_config
 from aibox_router.route_eval import _EvalRuntime, load_items, run_eval, wrap_in
@@ -58,6 +62,11 @@ TURN = ROOT / "tests/fixtures/claude_code/turn-02.json"  # a tool-loop request o
 
 def progress(msg: str) -> None:
     print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+CV_FOLDS = 10
+# (routing.lexical_weight, routing.description_weight, route_lexical.LEAD_BOOST)
+CV_GRID = [(lexical, description, lead) for lead in (0, 2) for lexical in (0.4, 0.8, 1.2) for description in (1, 3)]
 
 
 def pct(values: list[float], p: int) -> float:
@@ -165,6 +174,45 @@ async def measure(embed_url: str, state_dir: str, rounds: int) -> dict:
     }
 
 
+async def cross_validate(data: dict, state_dir: str) -> float:
+    """Share of route examples placed in their own route by a classifier built without them."""
+    hits = total = 0
+    for fold in range(CV_FOLDS):
+        fold_data = copy.deepcopy(data)
+        held_out = []
+        for route in fold_data["routes"]:
+            examples = route["examples"]
+            held_out += [(route["name"], e) for j, e in enumerate(examples) if j % CV_FOLDS == fold]
+            route["examples"] = [e for j, e in enumerate(examples) if j % CV_FOLDS != fold]
+        config = parse_config(fold_data, f"cross-validation fold {fold}", env={})
+        classifier = RouteClassifier(config, cache_dir=state_dir)  # the vectors come from the cache
+        try:
+            assert await classifier.prepare() and classifier.cache and classifier.client
+            vectors = classifier.cache.get_many(classifier.client.model, [e for _, e in held_out])
+            for route_name, example in held_out:
+                hits += classifier.match_vector(vectors[example], clean_turn_text(example)).route == route_name
+                total += 1
+        finally:
+            await classifier.aclose()
+    return hits / total
+
+
+async def measure_cross_validation(embed_url: str, state_dir: str) -> dict[str, float]:
+    out = {}
+    shipped_boost = route_lexical.LEAD_BOOST
+    try:
+        for lexical, description, lead in CV_GRID:
+            name = f"lexical_weight {lexical}, description_weight {description}, lead boost {lead}"
+            progress(f"cross-validating the route examples: {name}")
+            data = bench_config(embed_url, state_dir)
+            data.setdefault("routing", {}).update(lexical_weight=lexical, description_weight=description)
+            route_lexical.LEAD_BOOST = lead
+            out[name] = await cross_validate(data, state_dir)
+    finally:
+        route_lexical.LEAD_BOOST = shipped_boost
+    return out
+
+
 def start_judge(spec: str, model: str) -> tuple[str, str, object | None]:
     """(base URL, model, the process to stop or None) for ``--judge``."""
     if spec != "smollm2":
@@ -208,6 +256,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="aibox-routing-bench-") as state:
             result = asyncio.run(measure(url, state, args.rounds))
+            result["cross_validation"] = asyncio.run(measure_cross_validation(url, state))
             if args.judge:
                 judge_url, judge_model, judge_process = start_judge(args.judge, args.judge_model)
                 spec = {"url": judge_url, "model": judge_model, "margin": args.judge_margin}
@@ -235,6 +284,12 @@ def main() -> None:
     print(f"  added p50                   {new['added_p50']:.2f} ms   target <= 30 ms")
     print(f"  of which route scoring      {new['scoring_p50']:.2f} / {new['scoring_p95']:.2f} ms p50 / p95 "
           "(centroids and words, without the embedding call)")
+    defaults = parse_config(bench_config(url, "/nonexistent"), "default config", env={}).routing
+    print(f"route examples, {CV_FOLDS}-fold cross-validation (agreement; the default is "
+          f"lexical_weight {defaults.lexical_weight}, description_weight {defaults.description_weight}, "
+          f"lead boost {route_lexical.LEAD_BOOST}):")
+    for name, share in result["cross_validation"].items():
+        print(f"  {name:<58}{share * 100:5.1f}%")
     if "judge" in result:
         j = result["judge"]
         print(f"with the LLM judge {j['model']} on close calls (margin below {j['margin_below']}), "

@@ -7,8 +7,9 @@ nothing about how hard the work is, so they are dropped or cut down before embed
 A route's score has two parts:
 
 * semantic: the cosine similarity of the turn to the route's centroid (the mean of its examples
-  and its description), both taken relative to the mean of all examples. Sentence embeddings of
-  one model share a large common direction (every developer prompt looks alike to it);
+  and its description, which counts as ``routing.description_weight`` examples), both taken
+  relative to the mean of all examples. Sentence embeddings of one model share a large common
+  direction (every developer prompt looks alike to it);
   subtracting the examples' mean leaves what tells the routes apart. The centroid beat the mean
   of the k nearest examples for every k on the project's labelled set: one odd example moves a
   centroid little;
@@ -211,7 +212,9 @@ class RouteClassifier:
         self.centroids: list[Vector] | None = None  # one normalised vector per route, less the mean
         self.mean: Vector | None = None  # the mean of all example vectors
         self.lexical_weight = config.routing.lexical_weight
-        self.lexical = LexicalScorer({r.name: [e for e in r.examples if e.strip()] for r in config.routes})
+        self.description_weight = config.routing.description_weight
+        self.lexical = LexicalScorer({r.name: [e for e in r.examples if e.strip()] for r in config.routes},
+                                     {r.name: r.description.strip() for r in config.routes}, self.description_weight)
         self._owner = [i for i, _ in self.examples]
         # The nearest single examples cost a comparison with every example (~6 ms in Python):
         # only route explain and tests ask for them.
@@ -263,10 +266,13 @@ class RouteClassifier:
             members = matrix + [known[t] for t in descriptions]
             owners = self._owner + list(range(len(self.routes)))
             mean = [sum(column) / len(members) for column in zip(*members, strict=True)]
+            # In its route's centroid a description counts as description_weight examples.
+            weights = [1] * len(matrix) + [self.description_weight] * len(descriptions)
             centroids = []
             for i in range(len(self.routes)):
-                own = [v for v, owner in zip(members, owners, strict=True) if owner == i]
-                centroid = [sum(column) / len(own) for column in zip(*own, strict=True)]
+                own = [(v, w) for v, w, owner in zip(members, weights, owners, strict=True) if owner == i and w]
+                total = sum(w for _, w in own)
+                centroid = [sum(v[d] * w for v, w in own) / total for d in range(len(mean))]
                 centroids.append(normalised([c - m for c, m in zip(centroid, mean, strict=True)]))
             self.mean = mean
             self.centroids = centroids

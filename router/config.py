@@ -139,7 +139,9 @@ class RoutingConfig(_Base, kw_only=True, frozen=True):
     embeddings: EmbeddingsConfig | None = None
     judge: JudgeConfig | None = None
     # Weight of the examples' words (TF-IDF) added to the embedding score; 0 routes by embedding alone.
-    lexical_weight: float = 0.4
+    lexical_weight: float = 0.8
+    # A route's description counts as this many of its examples (in its centroid and its words).
+    description_weight: int = 3
     turn_cache_size: int = 4096  # user turns whose decision is remembered (the tool loop reuses it)
     turn_ttl_s: float = 3600.0  # a turn's decision is forgotten after this long
 

@@ -8,9 +8,16 @@ mean-pooled vector. A TF-IDF score against each route's examples weighs exactly 
 recur among one route's examples and rarely elsewhere. The classifier adds it to the embedding
 score (``routing.lexical_weight``), the way hybrid dense and sparse retrieval does.
 
-Built from the route examples alone, in pure Python (no model, no download): each route is one
-document, the concatenation of its examples; idf counts examples. Scoring a turn costs a few
-dictionary lookups per word.
+Built from the route examples and descriptions alone, in pure Python (no model, no download): each
+route is one document, the concatenation of its examples and its description (the description
+counted ``description_weight`` times, as in the centroid); idf counts examples. Scoring a turn
+costs a few dictionary lookups per word.
+
+A request says its kind of work first: "Design ...", "Plan ...", "Document ...", "Run ... and
+commit". The first ``LEAD_WORDS`` words of a turn (stop words aside) therefore count
+``LEAD_BOOST`` times more. The boost, ``routing.lexical_weight`` and ``routing.description_weight``
+were chosen by cross-validation on the route examples (``benchmarks/routing.py`` prints it): the
+boost gains in every setting, the two weights sit in the middle of a plateau.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ STOP_WORDS = frozenset((
     "be", "we", "our", "my", "me", "i", "you", "your", "can", "could", "please", "how", "what", "from", "by",
     "at", "as", "do", "does", "into"))
 _SUFFIXES = ("ing", "ed", "es", "s")
+LEAD_WORDS = 2  # the first words of a turn (after stop words) that usually name the kind of work
+LEAD_BOOST = 2  # how many extra times each of them counts
 
 
 def stem(word: str) -> str:
@@ -47,9 +56,14 @@ def words(text: str) -> list[str]:
 class LexicalScorer:
     """TF-IDF cosine of a text with each route's examples taken together."""
 
-    def __init__(self, examples: dict[str, list[str]]):
-        """*examples*: route name -> its example prompts (in the order routes are listed)."""
+    def __init__(self, examples: dict[str, list[str]], descriptions: dict[str, str] | None = None,
+                 description_weight: int = 0):
+        """*examples*: route name -> its example prompts (in the order routes are listed);
+        *descriptions*: route name -> its one-line description, counted *description_weight* times."""
         self.routes = list(examples)
+        descriptions = descriptions or {}
+        examples = {route: texts + [descriptions[route]] * description_weight if descriptions.get(route) else texts
+                    for route, texts in examples.items()}  # a description is written to define the route
         document_frequency: Counter[str] = Counter()
         counts: list[Counter[str]] = []
         total = 0
@@ -71,7 +85,11 @@ class LexicalScorer:
 
     def scores(self, text: str) -> list[float]:
         """One cosine in [0, 1] per route; all 0 when no word of *text* occurs in any example."""
-        query = Counter(w for w in words(text) if w in self.idf)
+        turn_words = words(text)
+        query = Counter(w for w in turn_words if w in self.idf)
+        for word in turn_words[:LEAD_WORDS]:
+            if word in query:
+                query[word] += LEAD_BOOST
         if not query:
             return [0.0] * len(self.routes)
         weights = {w: n * self.idf[w] for w, n in query.items()}

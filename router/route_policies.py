@@ -78,6 +78,9 @@ def route_problems(cfg: RouterConfig) -> list[str]:
     if not 0 <= cfg.routing.lexical_weight <= 2:
         problems.append("routing.lexical_weight: expected 0 to 2 (0: the embedding alone), "
                         f"found {cfg.routing.lexical_weight}")
+    if not 0 <= cfg.routing.description_weight <= 10:
+        problems.append("routing.description_weight: expected 0 to 10 (how many examples a route's description "
+                        f"counts as; 0: not at all), found {cfg.routing.description_weight}")
     if cfg.routing.turn_cache_size < 0:
         problems.append(f"routing.turn_cache_size: expected >= 0, found {cfg.routing.turn_cache_size}")
     return problems

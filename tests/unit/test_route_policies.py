@@ -90,6 +90,25 @@ def test_the_lexical_score_weighs_the_words_a_routes_examples_share():
     assert words("Planning the plans we planned") == ["plan", "plan", "plan"]
 
 
+def test_the_first_words_of_a_turn_weigh_more_because_they_name_the_kind_of_work():
+    scorer = LexicalScorer({"design": ["Design the schema", "Design a queue"],
+                            "fix": ["Fix the schema", "Fix a queue"]})
+    # The same words, the two route words swapped: the one said first wins.
+    design, fix = scorer.scores("design the new schema, then fix")
+    assert design > fix > 0
+    design, fix = scorer.scores("fix the new schema, then design")
+    assert fix > design > 0
+
+
+def test_a_description_joins_its_routes_words_as_often_as_description_weight_says():
+    examples = {"plan": ["Plan the rollout in phases"], "fix": ["Fix the failing test"]}
+    descriptions = {"plan": "Strategic planning: roadmaps and migrations", "fix": "Fixing a bug"}
+    assert LexicalScorer(examples).scores("write a roadmap") == [0.0, 0.0]  # "roadmap" is in no example
+    plan, fix = LexicalScorer(examples, descriptions, description_weight=3).scores("write a roadmap")
+    assert plan > 0 and fix == 0
+    assert LexicalScorer(examples, descriptions, description_weight=0).scores("write a roadmap") == [0.0, 0.0]
+
+
 # -- config checks ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("change,message", [
@@ -104,6 +123,7 @@ def test_the_lexical_score_weighs_the_words_a_routes_examples_share():
     (lambda d: d["routing"]["embeddings"].update(backend="gpu-box"), "routing.embeddings.backend: unknown backend"),
     (lambda d: d["routing"]["embeddings"].update(timeout_ms=5), "routing.embeddings.timeout_ms: expected 10 to 60000"),
     (lambda d: d["routing"].update(lexical_weight=5), "routing.lexical_weight: expected 0 to 2"),
+    (lambda d: d["routing"].update(description_weight=11), "routing.description_weight: expected 0 to 10"),
     (lambda d: d["routes"][1]["examples"].append(d["routes"][0]["examples"][0]),
      "is given for both 'code' and 'debug'"),
 ])
