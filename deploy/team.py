@@ -39,6 +39,10 @@ class TeamError(ValueError):
 
 @dataclass(frozen=True)
 class Developer:
+    """One checked entry of ``team_developers`` (its keys: docs/inventory.md, team.yml). None where the
+    entry leaves a key out: ``user``, the SSH user's (or the @local runner's) home; ``daily_budget``,
+    none of its own; ``targets``, every target."""
+
     name: str
     machine: str
     user: str | None = None

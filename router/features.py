@@ -109,6 +109,9 @@ _HARD_WORDS = re.compile(
 
 @dataclass
 class Features:
+    """One request's features, the names rule expressions see (``as_namespace``); each is described
+    in the table of this module's docstring."""
+
     model: str = ""
     model_class: str = "other"
     alias: str = "none"

@@ -41,43 +41,47 @@ LEDGER_FILENAME = "ledger.sqlite3"
 
 @dataclass
 class LedgerRow:
-    """A request as stored: the RequestRecord flattened, plus its budget day and exact cost."""
+    """A request as stored: the RequestRecord flattened, plus its budget day and exact cost.
 
-    ts: float
-    day: str  # local date (YYYY-MM-DD) in the budget time zone
-    client: str
-    rule: str
-    target: str
-    backend: str
-    model: str
-    protocol: str
-    stream: bool
-    cloud: bool
-    input_tokens: int = 0
+    One field per column of the ``requests`` table, which operators query with sqlite3
+    (docs/cost-control.md, "The ledger"); booleans are stored as 0/1, ``cost_usd`` as exact text.
+    """
+
+    ts: float  # Unix time (seconds, UTC) the request arrived
+    day: str  # budget day it counts against: local date (YYYY-MM-DD) in the budget time zone
+    client: str  # authenticated client name (``mcp`` for the stdio MCP server)
+    rule: str  # routing rule that chose the request's target
+    target: str  # target of this attempt: each target tried for a request gets its own row
+    backend: str  # that target's backend name (config ``backends``)
+    model: str  # model name sent upstream
+    protocol: str  # inbound API: anthropic, openai or mcp
+    stream: bool  # the client asked for a stream
+    cloud: bool  # a cloud (paid) backend: counts against the budgets
+    input_tokens: int = 0  # uncached input tokens
     output_tokens: int = 0
-    cache_write_5m_tokens: int = 0
-    cache_write_1h_tokens: int = 0
-    cache_read_tokens: int = 0
-    usage_estimated: bool = False
-    cost_usd: Decimal = Decimal(0)
-    latency_ms: float = 0.0
-    ttft_ms: float | None = None
-    status: str = "ok"
-    http_status: int = 200
-    fallback: bool = False
-    downgraded: bool = False
-    task: str = ""
-    complexity: int = 0
-    error: str = ""
-    energy_j: float | None = None
-    requested_model: str = ""
-    web_search_requests: int = 0
-    speed: str = ""
-    inference_geo: str = ""
+    cache_write_5m_tokens: int = 0  # input tokens written to the 5-minute prompt cache
+    cache_write_1h_tokens: int = 0  # input tokens written to the 1-hour prompt cache
+    cache_read_tokens: int = 0  # input tokens read from the prompt cache
+    usage_estimated: bool = False  # some token counts are the router's estimate (the backend reported none)
+    cost_usd: Decimal = Decimal(0)  # what the call cost, USD (0 for a local target)
+    latency_ms: float = 0.0  # arrival to the end of the answer, milliseconds
+    ttft_ms: float | None = None  # arrival to the first output token (unstreamed: the answer), ms; NULL: none
+    status: str = "ok"  # ok, error, aborted (client left or stream broke) or refused (never sent upstream)
+    http_status: int = 200  # status the client got (499: the client closed the connection)
+    fallback: bool = False  # this target is not the rule's first choice (a fallback in its chain)
+    downgraded: bool = False  # the rule chose the cloud but the budget sent it to a local target
+    task: str = ""  # classified task type (features.py: code_generation, debugging, ...)
+    complexity: int = 0  # classified complexity, 0 (trivial) to 10 (hard)
+    error: str = ""  # why it failed (status error/aborted/refused), at most 2000 characters
+    energy_j: float | None = None  # GPU energy while it was served, joules (local targets with NVML)
+    requested_model: str = ""  # model the client asked for (prices local calls in the report)
+    web_search_requests: int = 0  # server-side web searches (billed per search)
+    speed: str = ""  # billing speed mode: fast, or "" for standard (the usage's, else the request's)
+    inference_geo: str = ""  # where inference ran (the usage's, else the request's; "" when neither says)
     skipped: str = ""  # targets passed over because the prompt did not fit their window
-    route: str = ""
-    route_source: str = ""
-    id: int | None = None  # assigned by the store
+    route: str = ""  # route policy of the user turn (config routes), or none
+    route_source: str = ""  # how the route was found: embedding, or keyword when embeddings did not answer
+    id: int | None = None  # row id, assigned by the store
 
     @classmethod
     def from_record(cls, record: RequestRecord, *, day: str, cost_usd: Decimal) -> LedgerRow:

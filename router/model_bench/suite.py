@@ -35,6 +35,9 @@ class TaskFileError(Exception):
 
 @dataclass(frozen=True)
 class BenchTask:
+    """One benchmark task as read from a task file (its keys: docs/gpu-bench-mcp.md, "Task files");
+    ``source`` names the file (and ``tasks[i]``) it came from, for error messages."""
+
     name: str
     type: str
     prompt: str

@@ -3,7 +3,8 @@
 Runs ansible-playbook with tests/support/render_router_config.yml (connection: local, nothing is
 contacted), then checks the result with the router's own `config check`: the LAN is served with
 client keys, one entry adds a developer, targets inherit their backend's defaults, the daily report
-is scheduled only where it goes somewhere, and a budget for an unknown client is refused.
+is scheduled only where it goes somewhere, the Ollama URL follows ollama_host (the local_url filter),
+and a budget for an unknown client is refused.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def test_the_default_inventory_serves_the_lan_with_keys_and_inherited_target_set
     assert {name: b["type"] for name, b in cfg["backends"].items()} == \
         {name: b["type"] for name, b in daemon["backends"].items()}
     assert cfg["budgets"]["reserve_output_tokens_cap"] == daemon["budgets"]["reserve_output_tokens_cap"]
+    # ollama_host -> models_ollama_url -> router_ollama_url, through the local_url filter plugin.
+    assert cfg["backends"]["ollama"]["base_url"] == "http://127.0.0.1:11434"
     jobs = cron_jobs(tmp_path)
     assert len(jobs) == 1 and "cutoff check" in jobs[0]  # no mail, no alert channel: no report job
 
@@ -85,6 +88,15 @@ def test_an_alert_webhook_sends_the_report_through_it(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     report = [j for j in cron_jobs(tmp_path) if " report " in j]
     assert len(report) == 1 and report[0].endswith("--date yesterday --send")
+
+
+def test_ollama_on_the_ipv6_wildcard_is_reached_on_the_ipv6_loopback(tmp_path: Path) -> None:
+    # The inventory's models_ollama_url renders through filter_plugins/aibox_net.py (local_url).
+    run = render(tmp_path, {"ollama_host": "::", "ollama_port": 11500})
+    assert run.returncode == 0, run.stdout + run.stderr
+    cfg = yaml.safe_load((tmp_path / "config.yml").read_text())
+    assert cfg["backends"]["ollama"]["base_url"] == "http://[::1]:11500"
+    assert CliRunner().invoke(main, ["config", "check", str(tmp_path / "config.yml")]).exit_code == 0
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
