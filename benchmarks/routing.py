@@ -163,6 +163,9 @@ async def measure(embed_url: str, state_dir: str, rounds: int) -> dict:
     finally:
         await classifier.aclose()
     return {
+        "defaults": {"lexical_weight": config.routing.lexical_weight,
+                     "description_weight": config.routing.description_weight,
+                     "lead_boost": route_lexical.LEAD_BOOST},
         "sets": sets,
         "tool_loop_request_ms": {"without_classifier_p50": statistics.median(plain),
                                  "turn_cache_hit_p50": statistics.median(hit),
@@ -284,10 +287,10 @@ def main() -> None:
     print(f"  added p50                   {new['added_p50']:.2f} ms   target <= 30 ms")
     print(f"  of which route scoring      {new['scoring_p50']:.2f} / {new['scoring_p95']:.2f} ms p50 / p95 "
           "(centroids and words, without the embedding call)")
-    defaults = parse_config(bench_config(url, "/nonexistent"), "default config", env={}).routing
+    defaults = result["defaults"]
     print(f"route examples, {CV_FOLDS}-fold cross-validation (agreement; the default is "
-          f"lexical_weight {defaults.lexical_weight}, description_weight {defaults.description_weight}, "
-          f"lead boost {route_lexical.LEAD_BOOST}):")
+          f"lexical_weight {defaults['lexical_weight']}, description_weight {defaults['description_weight']}, "
+          f"lead boost {defaults['lead_boost']}):")
     for name, share in result["cross_validation"].items():
         print(f"  {name:<58}{share * 100:5.1f}%")
     if "judge" in result:

@@ -61,9 +61,10 @@ class LexicalScorer:
         """*examples*: route name -> its example prompts (in the order routes are listed);
         *descriptions*: route name -> its one-line description, counted *description_weight* times."""
         self.routes = list(examples)
-        descriptions = descriptions or {}
-        examples = {route: texts + [descriptions[route]] * description_weight if descriptions.get(route) else texts
-                    for route, texts in examples.items()}  # a description is written to define the route
+        # A description is written to define its route: it joins the route's examples.
+        described = {route: text for route, text in (descriptions or {}).items() if text}
+        examples = {route: texts + [described[route]] * description_weight if route in described else texts
+                    for route, texts in examples.items()}
         document_frequency: Counter[str] = Counter()
         counts: list[Counter[str]] = []
         total = 0
